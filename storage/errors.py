@@ -1,0 +1,81 @@
+"""Typed errors of agent-threads.
+
+Every error names the thread (where there is one) and says what to do about it.
+``transient`` tells a retry policy (the Celery base task) whether trying the
+same call again later can succeed; permanent errors must fail at once.
+"""
+
+from __future__ import annotations
+
+
+class AgentThreadsError(Exception):
+    """Base class of every error agent-threads raises on purpose."""
+
+    transient: bool = False
+
+
+class InvalidThreadId(AgentThreadsError, ValueError):
+    """The thread id (or namespace) is not of the documented format."""
+
+
+class InvalidMessage(AgentThreadsError, ValueError):
+    """A message, batch or state slice is malformed or over a configured limit."""
+
+
+class ThreadNotFound(AgentThreadsError, LookupError):
+    """The thread does not exist in the tier that was asked."""
+
+    def __init__(self, thread_id: str, hint: str = "create it or hydrate it first") -> None:
+        super().__init__(f"thread {thread_id!r} not found; {hint}")
+        self.thread_id = thread_id
+
+
+class ThreadExists(AgentThreadsError):
+    """The thread already exists with other content; nothing was overwritten."""
+
+    def __init__(self, thread_id: str, detail: str) -> None:
+        super().__init__(f"thread {thread_id!r} already exists: {detail}")
+        self.thread_id = thread_id
+
+
+class LeaseHeld(AgentThreadsError):
+    """Another owner holds the thread's lease; retry after it expires or is released."""
+
+    transient = True
+
+    def __init__(self, thread_id: str, holder: str, ttl_ms: int) -> None:
+        super().__init__(
+            f"thread {thread_id!r} is leased by {holder!r} for another {ttl_ms} ms; "
+            "retry later or wait for that turn to finish"
+        )
+        self.thread_id = thread_id
+        self.holder = holder
+        self.ttl_ms = ttl_ms
+
+
+class LeaseLost(AgentThreadsError):
+    """The caller wrote as a lease owner but no longer holds the lease; nothing was written."""
+
+    def __init__(self, thread_id: str, owner: str, holder: str | None) -> None:
+        now = f"it is held by {holder!r}" if holder else "it has expired or was released"
+        super().__init__(
+            f"owner {owner!r} does not hold the lease on thread {thread_id!r} ({now}); "
+            "nothing was written; re-acquire the lease before writing"
+        )
+        self.thread_id = thread_id
+        self.owner = owner
+        self.holder = holder
+
+
+class SnapshotCorrupt(AgentThreadsError):
+    """A cold snapshot failed validation; nothing was applied from it."""
+
+
+class ColdStoreError(AgentThreadsError):
+    """The cold store failed in a way that retrying the same call will not fix."""
+
+
+class HotStoreUnavailable(AgentThreadsError):
+    """Redis could not be reached or timed out; the write may be retried (it is idempotent)."""
+
+    transient = True

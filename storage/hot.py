@@ -1,0 +1,318 @@
+"""HotStore: the Redis hot tier. Every operation is exactly one Lua script call.
+
+Each public method validates its input in Python (raising a typed error before
+any I/O), makes one script call, and turns the script's reply into a typed
+result or a typed error. Scripts read and check first and write last, so a
+refused call writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from functools import cache
+from importlib import resources
+from typing import Any, TypeAlias
+
+import redis
+from redis.commands.core import Script
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from storage.errors import (
+    HotStoreUnavailable,
+    InvalidMessage,
+    InvalidThreadId,
+    LeaseHeld,
+    LeaseLost,
+    ThreadExists,
+    ThreadNotFound,
+)
+from storage.keys import KeyLayout, ThreadKeys, validate_message_id, validate_thread_id
+from storage.limits import DEFAULT_LIMITS, Limits
+from storage.records import (
+    Message,
+    decode_records,
+    decode_state,
+    encode_batch,
+    encode_state,
+)
+from storage.results import (
+    AppendResult,
+    ForkResult,
+    Lease,
+    StateResult,
+    ThreadInfo,
+    TruncateResult,
+    WriteResult,
+)
+
+RedisClient: TypeAlias = "redis.Redis | redis.RedisCluster"
+
+DEFAULT_TTL_SECONDS = 90 * 24 * 3600
+
+_SCRIPT_NAMES = (
+    "create",
+    "append",
+    "load",
+    "info",
+    "fork",
+    "truncate",
+    "replace",
+    "save_state",
+    "load_state",
+    "delete",
+    "acquire_lease",
+    "release_lease",
+)
+
+
+@cache
+def script_source(name: str) -> str:
+    """The Lua source of one operation, with the shared prelude in front."""
+    folder = resources.files("storage") / "lua"
+    prelude = (folder / "_prelude.lua").read_text(encoding="utf-8")
+    return prelude + "\n" + (folder / f"{name}.lua").read_text(encoding="utf-8")
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+class HotStore:
+    """Threads in Redis: ordered records, a dedup ledger, a state slice, a lease.
+
+    ``redis`` is a redis-py client (``Redis`` or ``RedisCluster``), with or
+    without ``decode_responses``. ``ttl_seconds`` is refreshed on every write
+    to all of a thread's keys; ``None`` keeps threads until deleted or flushed.
+    """
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        *,
+        namespace: str = "at",
+        ttl_seconds: int | None = DEFAULT_TTL_SECONDS,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        if ttl_seconds is not None and ttl_seconds < 1:
+            raise ValueError("ttl_seconds must be >= 1 or None")
+        self.redis = redis
+        self.layout = KeyLayout(namespace)
+        self.limits = limits
+        self._ttl_ms = 0 if ttl_seconds is None else ttl_seconds * 1000
+        self._scripts: dict[str, Script] = {
+            name: redis.register_script(script_source(name)) for name in _SCRIPT_NAMES
+        }
+
+    @property
+    def namespace(self) -> str:
+        return self.layout.namespace
+
+    def keys(self, thread_id: str) -> ThreadKeys:
+        """The validated keys of ``thread_id``."""
+        return self.layout.thread(validate_thread_id(thread_id, self.limits))
+
+    def _call(self, name: str, keys: list[str], args: Iterable[Any] = ()) -> Any:
+        try:
+            return self._scripts[name](keys=keys, args=list(args))
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise HotStoreUnavailable(f"Redis unavailable during {name}: {exc}") from exc
+
+    def _checked(self, thread_id: str, reply: Any) -> list[Any]:
+        """Raise the typed error for a script's refusal; return the 'ok' reply."""
+        status = _text(reply[0])
+        if status == "ok":
+            return list(reply)
+        if status == "not_found":
+            raise ThreadNotFound(thread_id)
+        raise RuntimeError(f"unexpected script reply {reply!r} for thread {thread_id!r}")
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def create(self, thread_id: str, state: Mapping[str, Any] | None = None) -> bool:
+        """Create an empty thread; True if created, False if it already existed.
+
+        Never deletes or overwrites: a redelivered create of a live thread is a
+        no-op (the given ``state`` is only used for a new thread).
+        """
+        keys = self.keys(thread_id)
+        encoded = b"" if state is None else encode_state(state, self.limits)
+        created, _version = self._call(
+            "create", keys.data, [self._ttl_ms, "0" if state is None else "1", encoded]
+        )
+        return bool(created)
+
+    def exists(self, thread_id: str) -> bool:
+        return bool(self.redis.exists(self.keys(thread_id).meta))
+
+    def delete(self, thread_id: str) -> bool:
+        """Delete every hot key of the thread; True if it existed. Idempotent."""
+        return bool(self._call("delete", self.keys(thread_id).data))
+
+    # -- messages ----------------------------------------------------------
+
+    def append(
+        self,
+        thread_id: str,
+        messages: Iterable[Mapping[str, Any]],
+        *,
+        owner: str | None = None,
+    ) -> AppendResult:
+        """Append messages whose ids the thread has not seen, exactly once each.
+
+        With ``owner``, the append is refused with ``LeaseLost`` (nothing
+        written) unless that owner holds the thread's lease.
+        """
+        keys = self.keys(thread_id)
+        batch = encode_batch(messages, self.limits)
+        args: list[Any] = [self._ttl_ms, owner or ""]
+        for item in batch:
+            args += [item.id, item.record]
+        reply = self._call("append", keys.data, args)
+        if _text(reply[0]) == "lease_lost":
+            raise LeaseLost(thread_id, owner or "", _text(reply[1]) or None)
+        _, flags, length, version = self._checked(thread_id, reply)
+        flags = _text(flags)
+        return AppendResult(
+            appended_ids=tuple(m.id for m, f in zip(batch, flags, strict=True) if f == "1"),
+            skipped_ids=tuple(m.id for m, f in zip(batch, flags, strict=True) if f == "0"),
+            length=int(length),
+            version=int(version),
+        )
+
+    def load(self, thread_id: str, start: int = 0, stop: int = -1) -> list[Message]:
+        """Records from ``start`` to ``stop`` inclusive (negative counts from the end)."""
+        reply = self._checked(
+            thread_id, self._call("load", self.keys(thread_id).data, [int(start), int(stop)])
+        )
+        return decode_records(reply[1])
+
+    def tail(self, thread_id: str, n: int) -> list[Message]:
+        """The last ``n`` records."""
+        if n < 0:
+            raise ValueError("n must be >= 0")
+        if n == 0:
+            self.info(thread_id)  # still refuse an unknown thread
+            return []
+        return self.load(thread_id, -n, -1)
+
+    def info(self, thread_id: str) -> ThreadInfo:
+        reply = self._checked(thread_id, self._call("info", self.keys(thread_id).data))
+        _, length, flat, lease_owner, lease_pttl, meta_pttl = reply
+        meta = {_text(k): _text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+        owner = _text(lease_owner) or None
+        return ThreadInfo(
+            thread_id=thread_id,
+            length=int(length),
+            version=int(meta.get("version", 0)),
+            created_ms=int(meta.get("created", 0)),
+            updated_ms=int(meta.get("updated", 0)),
+            parent=meta.get("parent") or None,
+            fork_point=meta.get("fork_point") or None,
+            cold_version=_optional_int(meta.get("cold_version")),
+            cold_etag=meta.get("cold_etag") or None,
+            lease_owner=owner,
+            lease_ttl_ms=int(lease_pttl) if owner else None,
+            ttl_ms=int(meta_pttl) if int(meta_pttl) >= 0 else None,
+        )
+
+    def length(self, thread_id: str) -> int:
+        return self.info(thread_id).length
+
+    def version(self, thread_id: str) -> int:
+        return self.info(thread_id).version
+
+    def fork(self, source_id: str, dest_id: str, up_to_id: str | None = None) -> ForkResult:
+        """Copy ``source_id`` (up to and including ``up_to_id``) into a new thread.
+
+        Records, dedup ledger and state are copied in one script and the parent
+        recorded. Repeating the same fork returns the existing copy
+        (``created=False``); a destination with other content raises
+        ``ThreadExists``.
+        """
+        src = self.keys(source_id)
+        dst = self.keys(dest_id)
+        if source_id == dest_id:
+            raise InvalidThreadId(f"cannot fork thread {source_id!r} onto itself")
+        point = "" if up_to_id is None else validate_message_id(up_to_id, self.limits)
+        reply = self._call("fork", dst.data + src.data, [self._ttl_ms, source_id, point])
+        status = _text(reply[0])
+        if status == "no_message":
+            raise InvalidMessage(f"message {up_to_id!r} is not in thread {source_id!r}")
+        if status == "exists":
+            parent, fork_point = _text(reply[1]), _text(reply[2])
+            origin = f"a fork of {parent!r} at {fork_point or 'its end'!r}" if parent else "a thread"
+            raise ThreadExists(dest_id, f"it is {origin}; delete it or fork to another id")
+        _, created, length, version = self._checked(source_id, reply)
+        return ForkResult(created=bool(created), length=int(length), version=int(version))
+
+    def truncate_from(self, thread_id: str, message_id: str) -> TruncateResult:
+        """Drop ``message_id`` and everything after it; their ids may be appended again.
+
+        An id not in the thread (e.g. a repeated call) changes nothing.
+        """
+        keys = self.keys(thread_id)
+        mid = validate_message_id(message_id, self.limits)
+        reply = self._checked(thread_id, self._call("truncate", keys.data, [self._ttl_ms, mid]))
+        _, removed, length, version = reply
+        return TruncateResult(
+            removed_ids=tuple(_text(i) for i in removed), length=int(length), version=int(version)
+        )
+
+    def replace_all(self, thread_id: str, messages: Iterable[Mapping[str, Any]]) -> WriteResult:
+        """Atomically replace the whole list (compaction or edits).
+
+        Ids that leave the list stay known to the ledger, so a late redelivery
+        of an old append cannot bring them back. Ids must be unique.
+        """
+        keys = self.keys(thread_id)
+        batch = encode_batch(messages, self.limits, unique=True)
+        args: list[Any] = [self._ttl_ms]
+        for item in batch:
+            args += [item.id, item.record]
+        _, changed, length, version = self._checked(
+            thread_id, self._call("replace", keys.data, args)
+        )
+        return WriteResult(changed=bool(changed), length=int(length), version=int(version))
+
+    # -- state -------------------------------------------------------------
+
+    def save_state(self, thread_id: str, state: Mapping[str, Any]) -> StateResult:
+        """Replace the thread's JSON state slice (an identical state is a no-op)."""
+        keys = self.keys(thread_id)
+        encoded = encode_state(state, self.limits)
+        _, changed, version = self._checked(
+            thread_id, self._call("save_state", keys.data, [self._ttl_ms, encoded])
+        )
+        return StateResult(changed=bool(changed), version=int(version))
+
+    def load_state(self, thread_id: str) -> dict[str, Any]:
+        """The thread's state slice; ``{}`` when none was saved."""
+        reply = self._checked(thread_id, self._call("load_state", self.keys(thread_id).data))
+        return decode_state(reply[1] or None)
+
+    # -- lease -------------------------------------------------------------
+
+    def acquire_lease(self, thread_id: str, owner: str, ttl_ms: int) -> Lease:
+        """Take the thread's lease for ``owner``; the same owner re-acquires (renews).
+
+        Another holder raises ``LeaseHeld`` (transient: retry with backoff).
+        """
+        keys = self.keys(thread_id)
+        validate_message_id(owner, self.limits, what="lease owner")
+        if ttl_ms < 1:
+            raise ValueError("ttl_ms must be >= 1")
+        reply = self._call("acquire_lease", keys.data, [owner, int(ttl_ms)])
+        if _text(reply[0]) == "held":
+            raise LeaseHeld(thread_id, _text(reply[1]), int(reply[2]))
+        _, renewed = self._checked(thread_id, reply)
+        return Lease(owner=owner, ttl_ms=int(ttl_ms), renewed=bool(renewed))
+
+    def release_lease(self, thread_id: str, owner: str) -> bool:
+        """Release the lease if ``owner`` holds it; True if released. Idempotent."""
+        keys = self.keys(thread_id)
+        return bool(self._call("release_lease", keys.data, [owner]))

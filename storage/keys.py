@@ -1,0 +1,121 @@
+"""The hot-tier key layout and id validation.
+
+Every key of one thread carries the thread id as a Redis Cluster hash tag
+(``ns:{tid}:msgs``), so all of a thread's keys live in one slot and each Lua
+script touches a single slot. Key names are built here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from storage.errors import InvalidMessage, InvalidThreadId
+from storage.limits import DEFAULT_LIMITS, Limits
+
+# No braces (hash tags), no whitespace, no slashes: ids are safe in Redis keys,
+# S3 object keys and file names alike. A leading "." is refused so that an id
+# can never be "." or ".." or a hidden file.
+_THREAD_ID = re.compile(r"[A-Za-z0-9_:-][A-Za-z0-9._:-]*", re.ASCII)
+_NAMESPACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:-]{0,63}", re.ASCII)
+
+
+def validate_thread_id(thread_id: object, limits: Limits = DEFAULT_LIMITS) -> str:
+    """Return ``thread_id`` if it is 1..128 chars of ``[A-Za-z0-9._:-]`` not starting with ``.``."""
+    if not isinstance(thread_id, str):
+        raise InvalidThreadId(f"thread id must be a string, got {type(thread_id).__name__}")
+    if not 1 <= len(thread_id) <= limits.max_thread_id_length:
+        raise InvalidThreadId(
+            f"thread id must be 1..{limits.max_thread_id_length} characters, "
+            f"got {len(thread_id)}: {thread_id[:40]!r}"
+        )
+    if not _THREAD_ID.fullmatch(thread_id):
+        raise InvalidThreadId(
+            f"invalid thread id {thread_id[:64]!r}: use only A-Z a-z 0-9 . _ : - "
+            "and do not start with '.'"
+        )
+    return thread_id
+
+
+def validate_message_id(
+    message_id: object, limits: Limits = DEFAULT_LIMITS, *, what: str = "message id"
+) -> str:
+    """Return ``message_id`` if it is 1..256 printable characters without whitespace."""
+    if not isinstance(message_id, str):
+        raise InvalidMessage(f"{what} must be a string, got {type(message_id).__name__}")
+    if not 1 <= len(message_id) <= limits.max_message_id_length:
+        raise InvalidMessage(
+            f"{what} must be 1..{limits.max_message_id_length} characters, "
+            f"got {len(message_id)}: {message_id[:40]!r}"
+        )
+    # isprintable() is False for control, format (zero-width, bidi) and separator
+    # characters; isspace() catches the remaining whitespace such as " ".
+    if not message_id.isprintable() or any(ch.isspace() for ch in message_id):
+        raise InvalidMessage(
+            f"invalid {what} {message_id[:64]!r}: use printable characters without whitespace"
+        )
+    return message_id
+
+
+def validate_namespace(namespace: object) -> str:
+    """Return ``namespace`` if it is 1..64 chars of ``[A-Za-z0-9._:-]`` not starting with ``.``/``:``."""
+    if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
+        raise InvalidThreadId(
+            f"invalid namespace {namespace!r}: use 1..64 of A-Z a-z 0-9 . _ : - "
+            "starting with a letter, digit or '_'"
+        )
+    return namespace
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadKeys:
+    """The Redis keys of one thread; all share the hash tag ``{thread_id}``."""
+
+    namespace: str
+    thread_id: str
+
+    def _key(self, suffix: str) -> str:
+        return f"{self.namespace}:{{{self.thread_id}}}:{suffix}"
+
+    @property
+    def msgs(self) -> str:
+        """LIST of JSON records ``{"id", "body"}`` in order."""
+        return self._key("msgs")
+
+    @property
+    def ids(self) -> str:
+        """HASH message id -> list position (``-1``: retired by ``replace_all``); the dedup ledger."""
+        return self._key("ids")
+
+    @property
+    def meta(self) -> str:
+        """HASH of thread metadata; its existence is the thread's existence."""
+        return self._key("meta")
+
+    @property
+    def state(self) -> str:
+        """STRING holding the JSON state slice."""
+        return self._key("state")
+
+    @property
+    def lease(self) -> str:
+        """STRING holding the current lease owner, with a PX expiry."""
+        return self._key("lease")
+
+    @property
+    def data(self) -> list[str]:
+        """The keys a script receives, in the fixed order every script expects."""
+        return [self.meta, self.msgs, self.ids, self.state, self.lease]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLayout:
+    """Builds :class:`ThreadKeys` for one namespace (one tenant or application)."""
+
+    namespace: str = "at"
+
+    def __post_init__(self) -> None:
+        validate_namespace(self.namespace)
+
+    def thread(self, thread_id: str) -> ThreadKeys:
+        return ThreadKeys(self.namespace, thread_id)

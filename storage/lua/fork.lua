@@ -1,0 +1,50 @@
+-- fork: copy records (up to and including one id), ledger and state of a source
+-- thread into a new thread, recording its parent. Idempotent: a repeat for the
+-- same (source, fork point) returns the existing fork untouched.
+-- KEYS[1..5]: destination keys; KEYS[6..10]: source meta, msgs, ids, state, lease.
+-- ARGV: ttl_ms, source_id, up_to_id ('' = everything)
+-- Returns {'ok', created (1|0), length, version}; {'not_found'} (source);
+--   {'no_message'} (up_to_id not in source); {'exists', parent_or_empty, fork_point}.
+local S_META, S_MSGS, S_IDS, S_STATE = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local ttl, source, up_to = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+if redis.call('EXISTS', S_META) == 0 then
+  return {'not_found'}
+end
+local cut = -1
+if up_to ~= '' then
+  local pos = tonumber(redis.call('HGET', S_IDS, up_to) or '-1')
+  if pos < 0 then
+    return {'no_message'}
+  end
+  cut = pos
+end
+if redis.call('EXISTS', K_META) == 1 then
+  local found = redis.call('HMGET', K_META, 'parent', 'fork_point')
+  if found[1] == source and (found[2] or '') == up_to then
+    touch(ttl)
+    return {'ok', 0, redis.call('LLEN', K_MSGS), current_version()}
+  end
+  return {'exists', found[1] or '', found[2] or ''}
+end
+local records = redis.call('LRANGE', S_MSGS, 0, cut)
+local ledger = redis.call('HGETALL', S_IDS)
+local copied = {}
+for i = 1, #ledger, 2 do
+  local pos = tonumber(ledger[i + 1])
+  -- Retired ids (-1) stay retired in the fork; positions past the cut are dropped.
+  if cut < 0 or pos <= cut then
+    copied[#copied + 1] = ledger[i]
+    copied[#copied + 1] = ledger[i + 1]
+  end
+end
+local state = redis.call('GET', S_STATE)
+local now = now_ms()
+chunked('RPUSH', K_MSGS, records)
+chunked('HSET', K_IDS, copied)
+if state then
+  redis.call('SET', K_STATE, state)
+end
+redis.call('HSET', K_META, 'created', now, 'updated', now, 'version', 1,
+  'parent', source, 'fork_point', up_to)
+touch(ttl)
+return {'ok', 1, #records, 1}

@@ -1,0 +1,150 @@
+"""Message records and the state slice: validation and JSON encoding.
+
+A stored record is the JSON object ``{"id": str, "body": JSON}``. Everything is
+checked here, before any I/O, so a bad message never leaves a partial write:
+the id format, the body being plain JSON (str keys, finite numbers, bounded
+nesting), valid UTF-8, and the configured size limits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, TypeAlias, TypedDict
+
+from storage.errors import InvalidMessage
+from storage.keys import validate_message_id
+from storage.limits import DEFAULT_LIMITS, Limits
+
+JSON: TypeAlias = "dict[str, JSON] | list[JSON] | str | int | float | bool | None"
+
+
+class Message(TypedDict):
+    """One stored message: a caller-chosen id (the dedup key) and a JSON body."""
+
+    id: str
+    body: JSON
+
+
+class EncodedMessage(NamedTuple):
+    id: str
+    record: bytes
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def check_json(value: object, limits: Limits, what: str) -> None:
+    """Raise ``InvalidMessage`` unless ``value`` is plain JSON within ``limits.max_depth``.
+
+    Iterative, so a hostile 10,000-deep body cannot exhaust the Python stack.
+    """
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, _SCALARS):
+            if isinstance(item, float) and not math.isfinite(item):
+                raise InvalidMessage(f"{what}: {item} is not valid JSON (NaN/Infinity)")
+            continue
+        if depth > limits.max_depth:
+            raise InvalidMessage(f"{what}: nested deeper than {limits.max_depth} levels")
+        if isinstance(item, Mapping):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise InvalidMessage(
+                        f"{what}: object keys must be strings, got {type(key).__name__}"
+                    )
+                stack.append((child, depth + 1))
+        elif isinstance(item, list | tuple):
+            stack.extend((child, depth + 1) for child in item)
+        else:
+            raise InvalidMessage(f"{what}: {type(item).__name__} is not a JSON type")
+
+
+def _dumps(value: object) -> bytes:
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text.encode("utf-8")
+
+
+def encode_message(message: object, limits: Limits = DEFAULT_LIMITS) -> EncodedMessage:
+    """Validate one ``{"id", "body"}`` mapping and return its id and encoded record."""
+    if not isinstance(message, Mapping):
+        raise InvalidMessage(
+            f'a message must be a mapping {{"id": ..., "body": ...}}, got {type(message).__name__}'
+        )
+    if "id" not in message:
+        raise InvalidMessage('message has no "id"; every message needs a stable id for dedup')
+    if "body" not in message:
+        raise InvalidMessage(f'message {message["id"]!r} has no "body"')
+    extra = set(message) - {"id", "body"}
+    if extra:
+        raise InvalidMessage(
+            f"message {message['id']!r} has unknown fields {sorted(map(str, extra))}; "
+            'put them inside "body"'
+        )
+    message_id = validate_message_id(message["id"], limits)
+    check_json(message["body"], limits, f"message {message_id!r}")
+    try:
+        record = _dumps({"id": message_id, "body": message["body"]})
+    except UnicodeEncodeError as exc:
+        raise InvalidMessage(f"message {message_id!r}: body is not valid UTF-8 ({exc})") from exc
+    if len(record) > limits.max_message_bytes:
+        raise InvalidMessage(
+            f"message {message_id!r} is {len(record)} bytes encoded; "
+            f"the limit is {limits.max_message_bytes}"
+        )
+    return EncodedMessage(message_id, record)
+
+
+def encode_batch(
+    messages: Iterable[object], limits: Limits = DEFAULT_LIMITS, *, unique: bool = False
+) -> list[EncodedMessage]:
+    """Validate and encode a batch; all-or-nothing. ``unique`` refuses repeated ids."""
+    if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Iterable):
+        raise InvalidMessage("messages must be a list of {id, body} mappings")
+    batch = list(messages)
+    if len(batch) > limits.max_batch:
+        raise InvalidMessage(
+            f"batch of {len(batch)} messages is over the limit of {limits.max_batch}; split it"
+        )
+    encoded = [encode_message(message, limits) for message in batch]
+    if unique:
+        seen: set[str] = set()
+        for item in encoded:
+            if item.id in seen:
+                raise InvalidMessage(f"message id {item.id!r} appears twice in the list")
+            seen.add(item.id)
+    return encoded
+
+
+def encode_state(state: object, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """Validate and encode a state slice (a JSON object)."""
+    if not isinstance(state, Mapping):
+        raise InvalidMessage(f"state must be a JSON object (mapping), got {type(state).__name__}")
+    check_json(state, limits, "state")
+    try:
+        encoded = _dumps(state)
+    except UnicodeEncodeError as exc:
+        raise InvalidMessage(f"state is not valid UTF-8 ({exc})") from exc
+    if len(encoded) > limits.max_state_bytes:
+        raise InvalidMessage(
+            f"state is {len(encoded)} bytes encoded; the limit is {limits.max_state_bytes}"
+        )
+    return encoded
+
+
+def decode_record(raw: bytes | str) -> Message:
+    record: Message = json.loads(raw)
+    return record
+
+
+def decode_records(raws: Sequence[bytes | str]) -> list[Message]:
+    return [json.loads(raw) for raw in raws]
+
+
+def decode_state(raw: bytes | str | None) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    state: dict[str, Any] = json.loads(raw)
+    return state
