@@ -98,7 +98,9 @@ class EmbeddedRedis:
         try:
             while True:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server exited at start:\n{self._log_tail()}")
+                    log = self._log_tail()
+                    self.stop()
+                    raise RuntimeError(f"redis-server exited at start:\n{log}")
                 try:
                     if probe.ping():
                         return self

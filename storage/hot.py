@@ -245,7 +245,9 @@ class HotStore:
             raise InvalidMessage(f"message {up_to_id!r} is not in thread {source_id!r}")
         if status == "exists":
             parent, fork_point = _text(reply[1]), _text(reply[2])
-            origin = f"a fork of {parent!r} at {fork_point or 'its end'!r}" if parent else "a thread"
+            origin = (
+                f"a fork of {parent!r} at {fork_point or 'its end'!r}" if parent else "a thread"
+            )
             raise ThreadExists(dest_id, f"it is {origin}; delete it or fork to another id")
         _, created, length, version = self._checked(source_id, reply)
         return ForkResult(created=bool(created), length=int(length), version=int(version))

@@ -58,7 +58,7 @@ def validate_message_id(
 
 
 def validate_namespace(namespace: object) -> str:
-    """Return ``namespace`` if it is 1..64 chars of ``[A-Za-z0-9._:-]`` not starting with ``.``/``:``."""
+    """Return ``namespace`` if it is 1..64 of ``[A-Za-z0-9._:-]``, not starting with ``.``/``:``."""
     if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
         raise InvalidThreadId(
             f"invalid namespace {namespace!r}: use 1..64 of A-Z a-z 0-9 . _ : - "
@@ -84,7 +84,7 @@ class ThreadKeys:
 
     @property
     def ids(self) -> str:
-        """HASH message id -> list position (``-1``: retired by ``replace_all``); the dedup ledger."""
+        """HASH message id -> list position (-1: retired by ``replace_all``); the dedup ledger."""
         return self._key("ids")
 
     @property

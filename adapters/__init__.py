@@ -1,0 +1,1 @@
+"""Provider message formats (Anthropic, Google GenAI, LangChain); see DESIGN.md section 6."""
