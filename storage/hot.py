@@ -15,6 +15,7 @@ from typing import Any, TypeAlias
 
 import redis
 from redis.commands.core import Script
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -168,6 +169,8 @@ class HotStore:
         written) unless that owner holds the thread's lease.
         """
         keys = self.keys(thread_id)
+        if owner is not None:
+            validate_message_id(owner, self.limits, what="lease owner")
         batch = encode_batch(messages, self.limits)
         args: list[Any] = [self._ttl_ms, owner or ""]
         for item in batch:
@@ -239,6 +242,13 @@ class HotStore:
         if source_id == dest_id:
             raise InvalidThreadId(f"cannot fork thread {source_id!r} onto itself")
         point = "" if up_to_id is None else validate_message_id(up_to_id, self.limits)
+        if isinstance(self.redis, redis.RedisCluster) and key_slot(src.meta.encode()) != key_slot(
+            dst.meta.encode()
+        ):
+            raise NotImplementedError(
+                f"fork of {source_id!r} into {dest_id!r} crosses Redis Cluster slots; "
+                "cross-slot fork is not implemented yet (the single script needs one slot)"
+            )
         reply = self._call("fork", dst.data + src.data, [self._ttl_ms, source_id, point])
         status = _text(reply[0])
         if status == "no_message":
@@ -317,4 +327,5 @@ class HotStore:
     def release_lease(self, thread_id: str, owner: str) -> bool:
         """Release the lease if ``owner`` holds it; True if released. Idempotent."""
         keys = self.keys(thread_id)
+        validate_message_id(owner, self.limits, what="lease owner")
         return bool(self._call("release_lease", keys.data, [owner]))

@@ -49,7 +49,7 @@ def check_json(value: object, limits: Limits, what: str) -> None:
             continue
         if depth > limits.max_depth:
             raise InvalidMessage(f"{what}: nested deeper than {limits.max_depth} levels")
-        if isinstance(item, Mapping):
+        if isinstance(item, dict):  # json.dumps encodes dicts only, not other mappings
             for key, child in item.items():
                 if not isinstance(key, str):
                     raise InvalidMessage(
@@ -87,8 +87,8 @@ def encode_message(message: object, limits: Limits = DEFAULT_LIMITS) -> EncodedM
     check_json(message["body"], limits, f"message {message_id!r}")
     try:
         record = _dumps({"id": message_id, "body": message["body"]})
-    except UnicodeEncodeError as exc:
-        raise InvalidMessage(f"message {message_id!r}: body is not valid UTF-8 ({exc})") from exc
+    except ValueError as exc:  # lone surrogates (UnicodeEncodeError), ints over 4300 digits
+        raise InvalidMessage(f"message {message_id!r}: body cannot be encoded ({exc})") from exc
     if len(record) > limits.max_message_bytes:
         raise InvalidMessage(
             f"message {message_id!r} is {len(record)} bytes encoded; "
@@ -122,11 +122,12 @@ def encode_state(state: object, limits: Limits = DEFAULT_LIMITS) -> bytes:
     """Validate and encode a state slice (a JSON object)."""
     if not isinstance(state, Mapping):
         raise InvalidMessage(f"state must be a JSON object (mapping), got {type(state).__name__}")
+    state = dict(state)
     check_json(state, limits, "state")
     try:
         encoded = _dumps(state)
-    except UnicodeEncodeError as exc:
-        raise InvalidMessage(f"state is not valid UTF-8 ({exc})") from exc
+    except ValueError as exc:  # lone surrogates (UnicodeEncodeError), ints over 4300 digits
+        raise InvalidMessage(f"state cannot be encoded ({exc})") from exc
     if len(encoded) > limits.max_state_bytes:
         raise InvalidMessage(
             f"state is {len(encoded)} bytes encoded; the limit is {limits.max_state_bytes}"

@@ -53,7 +53,7 @@ def redis_contents(client: redis.Redis) -> dict[bytes, Any]:
             value = client.hgetall(key)
         else:
             value = client.get(key)
-        picture[key] = (kind, value)
+        picture[key] = (kind, value, client.pttl(key) >= 0)
     return picture
 
 
