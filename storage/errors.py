@@ -75,6 +75,18 @@ class ColdStoreError(AgentThreadsError):
     """The cold store failed in a way that retrying the same call will not fix."""
 
 
+class ColdStoreUnavailable(ColdStoreError):
+    """The cold store could not be reached, timed out, or asked to retry (S3 409/5xx)."""
+
+    transient = True
+
+
+class ColdStoreConflict(ColdStoreError):
+    """A conditional write lost: the archive changed since the etag the writer knew (S3 412)."""
+
+    transient = True
+
+
 class HotStoreUnavailable(AgentThreadsError):
     """Redis could not be reached or timed out; the write may be retried (it is idempotent)."""
 

@@ -8,7 +8,9 @@ refused call writes nothing.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from functools import cache
 from importlib import resources
 from typing import Any, TypeAlias
@@ -39,6 +41,8 @@ from storage.records import (
 )
 from storage.results import (
     AppendResult,
+    FlushCommit,
+    FlushSource,
     ForkResult,
     Lease,
     StateResult,
@@ -46,10 +50,13 @@ from storage.results import (
     TruncateResult,
     WriteResult,
 )
+from storage.snapshot import Snapshot
 
 RedisClient: TypeAlias = "redis.Redis | redis.RedisCluster"
 
 DEFAULT_TTL_SECONDS = 90 * 24 * 3600
+STAGING_TTL_MS = 10 * 60 * 1000
+"""Staging keys of an interrupted large hydrate expire after this long."""
 
 _SCRIPT_NAMES = (
     "create",
@@ -64,6 +71,10 @@ _SCRIPT_NAMES = (
     "delete",
     "acquire_lease",
     "release_lease",
+    "flush_read",
+    "flush_commit",
+    "stage",
+    "restore",
 )
 
 
@@ -75,8 +86,18 @@ def script_source(name: str) -> str:
     return prelude + "\n" + (folder / f"{name}.lua").read_text(encoding="utf-8")
 
 
+def new_epoch() -> str:
+    """A random id for one incarnation of a thread (create or fork); kept across tiers."""
+    return uuid.uuid4().hex
+
+
 def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    """A flat HGETALL reply as a dict of str."""
+    return {_text(k): _text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
 
 
 def _optional_int(value: Any) -> int | None:
@@ -89,6 +110,10 @@ class HotStore:
     ``redis`` is a redis-py client (``Redis`` or ``RedisCluster``), with or
     without ``decode_responses``. ``ttl_seconds`` is refreshed on every write
     to all of a thread's keys; ``None`` keeps threads until deleted or flushed.
+    ``archive_marker_ttl_seconds``: after an eviction a small marker
+    (``ns:{tid}:archived``) remains this long, so a hydrate that read an older
+    archive before the eviction can never restore it; it must exceed the
+    longest hydrate (default one hour).
     """
 
     def __init__(
@@ -98,13 +123,17 @@ class HotStore:
         namespace: str = "at",
         ttl_seconds: int | None = DEFAULT_TTL_SECONDS,
         limits: Limits = DEFAULT_LIMITS,
+        archive_marker_ttl_seconds: int = 3600,
     ) -> None:
         if ttl_seconds is not None and ttl_seconds < 1:
             raise ValueError("ttl_seconds must be >= 1 or None")
+        if archive_marker_ttl_seconds < 1:
+            raise ValueError("archive_marker_ttl_seconds must be >= 1")
         self.redis = redis
         self.layout = KeyLayout(namespace)
         self.limits = limits
         self._ttl_ms = 0 if ttl_seconds is None else ttl_seconds * 1000
+        self._marker_ttl_ms = archive_marker_ttl_seconds * 1000
         self._scripts: dict[str, Script] = {
             name: redis.register_script(script_source(name)) for name in _SCRIPT_NAMES
         }
@@ -132,20 +161,37 @@ class HotStore:
             raise ThreadNotFound(thread_id)
         raise RuntimeError(f"unexpected script reply {reply!r} for thread {thread_id!r}")
 
+    def _checked_any(self, thread_id: str, reply: Any) -> list[Any]:
+        """Like ``_checked``, but any status other than not_found is an answer."""
+        if _text(reply[0]) == "not_found":
+            raise ThreadNotFound(thread_id)
+        return list(reply)
+
     # -- lifecycle ---------------------------------------------------------
 
-    def create(self, thread_id: str, state: Mapping[str, Any] | None = None) -> bool:
+    def create(
+        self,
+        thread_id: str,
+        state: Mapping[str, Any] | None = None,
+        *,
+        creator: str | None = None,
+    ) -> bool:
         """Create an empty thread; True if created, False if it already existed.
 
         Never deletes or overwrites: a redelivered create of a live thread is a
-        no-op (the given ``state`` is only used for a new thread).
+        no-op (the given ``state`` is only used for a new thread). ``creator``
+        (e.g. a turn id) is recorded so a redelivery can recognise its own thread.
+        A thread evicted to the cold tier raises ``ThreadExists`` (hydrate it).
         """
         keys = self.keys(thread_id)
+        if creator is not None:
+            validate_message_id(creator, self.limits, what="creator")
         encoded = b"" if state is None else encode_state(state, self.limits)
-        created, _version = self._call(
-            "create", keys.data, [self._ttl_ms, "0" if state is None else "1", encoded]
-        )
-        return bool(created)
+        args = [self._ttl_ms, "0" if state is None else "1", encoded, new_epoch(), creator or ""]
+        reply = self._call("create", keys.data, args)
+        if _text(reply[0]) == "archived":
+            raise ThreadExists(thread_id, "it is archived in the cold tier; hydrate it instead")
+        return bool(self._checked(thread_id, reply)[1])
 
     def exists(self, thread_id: str) -> bool:
         return bool(self.redis.exists(self.keys(thread_id).meta))
@@ -206,7 +252,7 @@ class HotStore:
     def info(self, thread_id: str) -> ThreadInfo:
         reply = self._checked(thread_id, self._call("info", self.keys(thread_id).data))
         _, length, flat, lease_owner, lease_pttl, meta_pttl = reply
-        meta = {_text(k): _text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+        meta = _pairs(flat)
         owner = _text(lease_owner) or None
         return ThreadInfo(
             thread_id=thread_id,
@@ -218,6 +264,8 @@ class HotStore:
             fork_point=meta.get("fork_point") or None,
             cold_version=_optional_int(meta.get("cold_version")),
             cold_etag=meta.get("cold_etag") or None,
+            creator=meta.get("creator") or None,
+            epoch=meta.get("epoch", ""),
             lease_owner=owner,
             lease_ttl_ms=int(lease_pttl) if owner else None,
             ttl_ms=int(meta_pttl) if int(meta_pttl) >= 0 else None,
@@ -249,8 +297,11 @@ class HotStore:
                 f"fork of {source_id!r} into {dest_id!r} crosses Redis Cluster slots; "
                 "cross-slot fork is not implemented yet (the single script needs one slot)"
             )
-        reply = self._call("fork", dst.data + src.data, [self._ttl_ms, source_id, point])
+        args = [self._ttl_ms, source_id, point, new_epoch()]
+        reply = self._call("fork", dst.data + src.data, args)
         status = _text(reply[0])
+        if status == "archived":
+            raise ThreadExists(dest_id, "it is archived in the cold tier; hydrate it first")
         if status == "no_message":
             raise InvalidMessage(f"message {up_to_id!r} is not in thread {source_id!r}")
         if status == "exists":
@@ -329,3 +380,122 @@ class HotStore:
         keys = self.keys(thread_id)
         validate_message_id(owner, self.limits, what="lease owner")
         return bool(self._call("release_lease", keys.data, [owner]))
+
+    # -- tiering (the hot halves of Threads.flush / Threads.hydrate) -----------
+
+    def flush_source(self, thread_id: str, *, force: bool = False) -> FlushSource:
+        """Read everything a snapshot needs in one script; skip the records when
+        the archive already holds this version (unless ``force``)."""
+        keys = self.keys(thread_id)
+        reply = self._checked_any(
+            thread_id, self._call("flush_read", keys.data, ["1" if force else "0"])
+        )
+        meta = _pairs(reply[1])
+        version = int(meta["version"])
+        source = FlushSource(
+            version=version,
+            epoch=meta.get("epoch", ""),
+            cold_version=_optional_int(meta.get("cold_version")),
+            cold_etag=meta.get("cold_etag") or None,
+            snapshot=None,
+        )
+        if _text(reply[0]) == "unchanged":
+            return source
+        records = tuple(r.encode() if isinstance(r, str) else bytes(r) for r in reply[2])
+        ledger = _pairs(reply[3])
+        ids: list[str | None] = [None] * len(records)
+        retired: list[str] = []
+        for message_id, position in ledger.items():
+            if int(position) < 0:
+                retired.append(message_id)
+            else:
+                ids[int(position)] = message_id
+        if any(i is None for i in ids):
+            raise RuntimeError(f"ledger of thread {thread_id!r} does not cover its list")
+        snapshot = Snapshot(
+            thread_id=thread_id,
+            namespace=self.namespace,
+            version=version,
+            epoch=source.epoch,
+            created_ms=int(meta.get("created", 0)),
+            updated_ms=int(meta.get("updated", 0)),
+            parent=meta.get("parent") or None,
+            fork_point=meta.get("fork_point") or None,
+            creator=meta.get("creator") or None,
+            state=decode_state(reply[4] or None),
+            ids=tuple(i for i in ids if i is not None),
+            records=records,
+            retired_ids=tuple(sorted(retired)),
+        )
+        return replace(source, snapshot=snapshot)
+
+    def commit_flush(
+        self,
+        thread_id: str,
+        *,
+        version: int,
+        etag: str,
+        epoch: str,
+        evict: bool,
+        release_owner: str | None = None,
+    ) -> FlushCommit:
+        """Record an uploaded archive; release ``release_owner``'s lease; evict only if
+        the version is still ``version``, the epoch unchanged and no lease is held."""
+        keys = self.keys(thread_id)
+        args = [
+            version,
+            etag,
+            epoch,
+            "1" if evict else "0",
+            release_owner or "",
+            self._marker_ttl_ms,
+        ]
+        reply = self._call("flush_commit", keys.data, args)
+        outcome = _text(reply[0])
+        if outcome == "gone":
+            return FlushCommit(outcome, version, None)
+        holder = _text(reply[2]) if outcome == "kept" else ""
+        return FlushCommit(outcome, int(reply[1]), holder or None)
+
+    def restore(self, snapshot: Snapshot, etag: str, *, chunk_size: int = 2000) -> str:
+        """Make ``snapshot`` the hot thread atomically: "restored", "hot" (already
+        hot, nothing written), "stale" (older than the archive last evicted here)
+        or "incomplete" (staging expired; start over).
+
+        Up to ``chunk_size`` records go in the one restore script; larger threads
+        are staged in chunks under keys no reader looks at, then swapped in by
+        the restore script, so a reader never sees a half-restored thread.
+        """
+        keys = self.keys(snapshot.thread_id)
+        staging = keys.staging(uuid.uuid4().hex)
+        count = len(snapshot.records)
+        state = encode_state(snapshot.state, self.limits) if snapshot.state else b""
+        header = [
+            self._ttl_ms,
+            "inline" if count <= chunk_size else "staged",
+            count,
+            snapshot.version,
+            snapshot.epoch,
+            etag,
+            snapshot.created_ms,
+            snapshot.updated_ms,
+            snapshot.parent or "",
+            snapshot.fork_point or "",
+            snapshot.creator or "",
+            "1" if state else "0",
+            state,
+        ]
+        if count <= chunk_size:
+            args = [*header, *snapshot.ids, *snapshot.records, *snapshot.retired_ids]
+            return _text(self._call("restore", keys.data + staging, args)[0])
+        try:
+            for first in range(0, count, chunk_size):
+                chunk_ids = snapshot.ids[first : first + chunk_size]
+                chunk = snapshot.records[first : first + chunk_size]
+                retired = snapshot.retired_ids if first == 0 else ()
+                args = [STAGING_TTL_MS, first, len(chunk), *chunk_ids, *chunk, *retired]
+                if self._call("stage", keys.data + staging, args) < 0:
+                    return "incomplete"
+            return _text(self._call("restore", keys.data + staging, header)[0])
+        finally:
+            self.redis.delete(*staging)  # a no-op after a successful swap

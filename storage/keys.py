@@ -103,9 +103,19 @@ class ThreadKeys:
         return self._key("lease")
 
     @property
+    def archived(self) -> str:
+        """HASH {version, etag, epoch} of the cold archive, kept after eviction so a
+        stale hydrate can never restore an older archive over a newer one."""
+        return self._key("archived")
+
+    def staging(self, token: str) -> list[str]:
+        """LIST and HASH a large hydrate fills in chunks before one script swaps them in."""
+        return [self._key(f"staging:{token}:msgs"), self._key(f"staging:{token}:ids")]
+
+    @property
     def data(self) -> list[str]:
         """The keys a script receives, in the fixed order every script expects."""
-        return [self.meta, self.msgs, self.ids, self.state, self.lease]
+        return [self.meta, self.msgs, self.ids, self.state, self.lease, self.archived]
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from storage.snapshot import Snapshot
+
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
@@ -71,7 +73,51 @@ class ThreadInfo:
     fork_point: str | None
     cold_version: int | None
     cold_etag: str | None
+    creator: str | None
+    epoch: str
     lease_owner: str | None
     lease_ttl_ms: int | None
     ttl_ms: int | None
     """Milliseconds until the hot copy expires; None when it has no expiry."""
+
+
+@dataclass(frozen=True, slots=True)
+class FlushSource:
+    """What a flush read from the hot tier in one consistent step."""
+
+    version: int
+    epoch: str
+    cold_version: int | None
+    cold_etag: str | None
+    snapshot: Snapshot | None
+    """None when the archive already holds this version (nothing to upload)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FlushCommit:
+    """``outcome``: "evicted", "kept" (a write raced the upload or a lease is held) or
+    "gone" (the thread was deleted or replaced while uploading)."""
+
+    outcome: str
+    version: int
+    lease_owner: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FlushResult:
+    """``status``: "archived" (uploaded), "unchanged" (archive was current) or "absent"."""
+
+    status: str
+    version: int | None = None
+    etag: str | None = None
+    evicted: bool = False
+    size_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HydrateResult:
+    """``status``: "hot" (already hot; nothing done), "restored" or "absent" (in no tier)."""
+
+    status: str
+    version: int | None = None
+    length: int | None = None

@@ -1,11 +1,12 @@
 -- fork: copy records (up to and including one id), ledger and state of a source
 -- thread into a new thread, recording its parent. Idempotent: a repeat for the
 -- same (source, fork point) returns the existing fork untouched.
--- KEYS[1..5]: destination keys; KEYS[6..10]: source meta, msgs, ids, state, lease.
--- ARGV: ttl_ms, source_id, up_to_id ('' = everything)
+-- KEYS[1..6]: destination keys; KEYS[7..12]: the source's keys in the same order.
+-- ARGV: ttl_ms, source_id, up_to_id ('' = everything), epoch (random, for the fork)
 -- Returns {'ok', created (1|0), length, version}; {'not_found'} (source);
---   {'no_message'} (up_to_id not in source); {'exists', parent_or_empty, fork_point}.
-local S_META, S_MSGS, S_IDS, S_STATE = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+--   {'no_message'} (up_to_id not in source); {'exists', parent_or_empty, fork_point};
+--   {'archived'} (the destination is evicted to the cold tier).
+local S_META, S_MSGS, S_IDS, S_STATE = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local ttl, source, up_to = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 if redis.call('EXISTS', S_META) == 0 then
   return {'not_found'}
@@ -26,6 +27,9 @@ if redis.call('EXISTS', K_META) == 1 then
   end
   return {'exists', found[1] or '', found[2] or ''}
 end
+if redis.call('EXISTS', K_ARCHIVED) == 1 then
+  return {'archived'}
+end
 local records = redis.call('LRANGE', S_MSGS, 0, cut)
 local ledger = redis.call('HGETALL', S_IDS)
 local copied = {}
@@ -45,6 +49,6 @@ if state then
   redis.call('SET', K_STATE, state)
 end
 redis.call('HSET', K_META, 'created', now, 'updated', now, 'version', 1,
-  'parent', source, 'fork_point', up_to)
+  'parent', source, 'fork_point', up_to, 'epoch', ARGV[4])
 touch(ttl)
 return {'ok', 1, #records, 1}

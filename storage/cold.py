@@ -1,0 +1,272 @@
+"""The cold tier: one snapshot object per thread, written with compare-and-swap.
+
+``write(tid, snapshot, if_match=None)`` creates the object only if there is
+none (S3 ``If-None-Match: *``); ``write(..., if_match=etag)`` replaces it only
+if it still has that etag (S3 ``If-Match``). A lost race raises
+``ColdStoreConflict``, so two writers can never silently overwrite each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from storage.errors import ColdStoreConflict, ColdStoreError, ColdStoreUnavailable
+from storage.keys import validate_thread_id
+from storage.snapshot import (
+    DEFAULT_MAX_SNAPSHOT_BYTES,
+    Compression,
+    Snapshot,
+    decode_snapshot,
+    encode_snapshot,
+)
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+class ColdStore(Protocol):
+    """Where evicted threads live. Implementations: ``S3ColdStore``, ``FileColdStore``."""
+
+    compression: Compression
+
+    def read(self, thread_id: str) -> tuple[Snapshot, str] | None:
+        """The snapshot and its etag, or None if there is none; ``SnapshotCorrupt`` if bad."""
+        ...
+
+    def head(self, thread_id: str) -> str | None:
+        """The etag of the thread's snapshot, or None; reads no content."""
+        ...
+
+    def write(self, thread_id: str, snapshot: Snapshot, if_match: str | None) -> str:
+        """Store ``snapshot``; create-only when ``if_match`` is None. Returns the new etag."""
+        ...
+
+    def write_bytes(self, thread_id: str, data: bytes, if_match: str | None) -> str:
+        """``write`` for a snapshot already encoded with ``encode_snapshot``."""
+        ...
+
+    def delete(self, thread_id: str) -> None:
+        """Remove the snapshot; idempotent."""
+        ...
+
+
+def object_key(prefix: str, thread_id: str) -> str:
+    """``prefix/<2-hex shard>/<tid>.json.gz``: the shard spreads keys over S3 partitions."""
+    shard = hashlib.sha256(validate_thread_id(thread_id).encode()).hexdigest()[:2]
+    return f"{prefix}/{shard}/{thread_id}.json.gz" if prefix else f"{shard}/{thread_id}.json.gz"
+
+
+_TRANSIENT_CODES = {
+    "ConditionalRequestConflict",  # 409: a concurrent conditional write is in flight
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+}
+
+
+def _s3_error(exc: Exception, action: str, thread_id: str, *, conditional: bool) -> ColdStoreError:
+    """Translate a boto3 failure into a typed error (transient or not)."""
+    where = f"S3 {action} of thread {thread_id!r}"
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+        # 412 is a lost CAS; moto answers 404 for If-Match on a missing key.
+        if status == 412 or code == "PreconditionFailed" or (conditional and status == 404):
+            return ColdStoreConflict(f"{where}: the archive changed concurrently ({code})")
+        if code in _TRANSIENT_CODES or status >= 500 or status in (408, 409, 429):
+            return ColdStoreUnavailable(f"{where} failed, retry later: {code} ({status})")
+        return ColdStoreError(f"{where} failed: {code} ({status}): {error.get('Message', '')}")
+    return ColdStoreUnavailable(f"{where} failed, retry later: {exc}")
+
+
+class S3ColdStore:
+    """Snapshots in S3 (AWS, MinIO, SeaweedFS, ...) over a boto3 client.
+
+    ``sse`` is passed to ``put_object`` as is, e.g. ``{"ServerSideEncryption":
+    "aws:kms", "SSEKMSKeyId": "..."}``. Retries of transport errors are the
+    boto3 client's (configure ``retries`` on it); everything else surfaces as
+    a typed error.
+    """
+
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        prefix: str = "threads",
+        *,
+        compression: Compression = "gzip",
+        sse: Mapping[str, str] | None = None,
+        max_snapshot_bytes: int = DEFAULT_MAX_SNAPSHOT_BYTES,
+    ) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.compression: Compression = compression
+        self.sse = dict(sse or {})
+        self.max_snapshot_bytes = max_snapshot_bytes
+
+    def key(self, thread_id: str) -> str:
+        return object_key(self.prefix, thread_id)
+
+    def read(self, thread_id: str) -> tuple[Snapshot, str] | None:
+        key = self.key(thread_id)
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            data = response["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise _s3_error(exc, "read", thread_id, conditional=False) from exc
+        except BotoCoreError as exc:
+            raise _s3_error(exc, "read", thread_id, conditional=False) from exc
+        snapshot = decode_snapshot(data, thread_id, max_bytes=self.max_snapshot_bytes)
+        return snapshot, response["ETag"]
+
+    def head(self, thread_id: str) -> str | None:
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=self.key(thread_id))
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise _s3_error(exc, "head", thread_id, conditional=False) from exc
+        except BotoCoreError as exc:
+            raise _s3_error(exc, "head", thread_id, conditional=False) from exc
+        return response["ETag"]
+
+    def write(self, thread_id: str, snapshot: Snapshot, if_match: str | None) -> str:
+        return self.write_bytes(thread_id, encode_snapshot(snapshot, self.compression), if_match)
+
+    def write_bytes(self, thread_id: str, data: bytes, if_match: str | None) -> str:
+        """Store already encoded snapshot bytes with the same CAS contract as ``write``."""
+        condition = {"IfNoneMatch": "*"} if if_match is None else {"IfMatch": if_match}
+        try:
+            response = self.client.put_object(
+                Bucket=self.bucket,
+                Key=self.key(thread_id),
+                Body=data,
+                ContentType="application/x-ndjson",
+                **condition,  # type: ignore[arg-type]
+                **self.sse,  # type: ignore[arg-type]
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise _s3_error(exc, "write", thread_id, conditional=True) from exc
+        return response["ETag"]
+
+    def delete(self, thread_id: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(thread_id))
+        except (ClientError, BotoCoreError) as exc:
+            raise _s3_error(exc, "delete", thread_id, conditional=False) from exc
+
+
+class FileColdStore:
+    """Snapshots as files under ``root``: the embedded default, same CAS contract as S3.
+
+    A write goes to a temporary file, is fsynced and renamed into place (readers
+    see the old or the new snapshot, never a torn one); the compare-and-swap
+    runs under an exclusive ``flock`` on a per-thread lock file, so it holds
+    across threads and processes on one machine. The etag is the content's hash.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        prefix: str = "threads",
+        *,
+        compression: Compression = "gzip",
+        max_snapshot_bytes: int = DEFAULT_MAX_SNAPSHOT_BYTES,
+    ) -> None:
+        self.root = Path(root)
+        self.prefix = prefix.strip("/")
+        self.compression: Compression = compression
+        self.max_snapshot_bytes = max_snapshot_bytes
+
+    def path(self, thread_id: str) -> Path:
+        return self.root / object_key(self.prefix, thread_id)
+
+    @staticmethod
+    def _etag(data: bytes) -> str:
+        return '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+
+    def _read_bytes(self, path: Path) -> bytes | None:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ColdStoreUnavailable(f"cannot read {path}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _locked(self, path: Path) -> Iterator[None]:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = os.open(path.with_name(path.name + ".lock"), os.O_CREAT | os.O_RDWR, 0o600)
+        except OSError as exc:
+            raise ColdStoreUnavailable(f"cannot lock {path}: {exc}") from exc
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(lock)  # closing the descriptor releases the flock
+
+    def read(self, thread_id: str) -> tuple[Snapshot, str] | None:
+        data = self._read_bytes(self.path(thread_id))
+        if data is None:
+            return None
+        snapshot = decode_snapshot(data, thread_id, max_bytes=self.max_snapshot_bytes)
+        return snapshot, self._etag(data)
+
+    def head(self, thread_id: str) -> str | None:
+        data = self._read_bytes(self.path(thread_id))
+        return None if data is None else self._etag(data)
+
+    def write(self, thread_id: str, snapshot: Snapshot, if_match: str | None) -> str:
+        return self.write_bytes(thread_id, encode_snapshot(snapshot, self.compression), if_match)
+
+    def write_bytes(self, thread_id: str, data: bytes, if_match: str | None) -> str:
+        """Store already encoded snapshot bytes with the same CAS contract as ``write``."""
+        path = self.path(thread_id)
+        with self._locked(path):
+            current = self._read_bytes(path)
+            current_etag = None if current is None else self._etag(current)
+            if current_etag != if_match:
+                raise ColdStoreConflict(
+                    f"archive of thread {thread_id!r} changed concurrently "
+                    f"(expected {if_match or 'none'}, found {current_etag or 'none'})"
+                )
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+            try:
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, path)
+                directory = os.open(path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(directory)
+                finally:
+                    os.close(directory)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise ColdStoreUnavailable(f"cannot write {path}: {exc}") from exc
+        return self._etag(data)
+
+    def delete(self, thread_id: str) -> None:
+        path = self.path(thread_id)
+        with self._locked(path):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise ColdStoreUnavailable(f"cannot delete {path}: {exc}") from exc

@@ -1,0 +1,29 @@
+-- flush_commit: after an upload, record the archive and evict if that is safe.
+-- Eviction happens only if the thread is still the incarnation that was read
+-- (epoch), its version is still the archived one (no write raced the upload)
+-- and no lease is held (no turn is running). Otherwise the thread stays hot and
+-- the next flush archives the newer version. Never regresses cold_version.
+-- ARGV: archived_version, etag, epoch, evict ('1'|'0'), release_owner ('' = none),
+--   marker_ttl_ms (how long the 'archived' marker outlives the eviction)
+-- Returns {'evicted', version}; {'kept', version, lease_holder_or_empty}; {'gone'}.
+local archived, etag, epoch = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local evict, release_owner, marker_ttl = ARGV[4], ARGV[5], tonumber(ARGV[6])
+if redis.call('EXISTS', K_META) == 0 or redis.call('HGET', K_META, 'epoch') ~= epoch then
+  return {'gone'}
+end
+local recorded = tonumber(redis.call('HGET', K_META, 'cold_version') or '-1')
+if recorded < archived then
+  redis.call('HSET', K_META, 'cold_version', archived, 'cold_etag', etag)
+end
+if release_owner ~= '' and redis.call('GET', K_LEASE) == release_owner then
+  redis.call('DEL', K_LEASE)
+end
+local version = current_version()
+local holder = redis.call('GET', K_LEASE) or ''
+if evict == '1' and version == archived and recorded <= archived and holder == '' then
+  redis.call('HSET', K_ARCHIVED, 'version', archived, 'etag', etag, 'epoch', epoch)
+  redis.call('PEXPIRE', K_ARCHIVED, marker_ttl)
+  redis.call('DEL', K_META, K_MSGS, K_IDS, K_STATE)
+  return {'evicted', version}
+end
+return {'kept', version, holder}

@@ -1,0 +1,61 @@
+-- restore: make a cold snapshot the hot thread, all at once. Either the records
+-- come inline (small threads) or they were staged in chunks and are swapped in
+-- here with RENAME. Refuses if the thread is already hot (hot wins; a second
+-- concurrent hydrate is a no-op) or if the snapshot is older than the archive
+-- this Redis last evicted (a stale read must not resurrect old content).
+-- KEYS[1..6]: thread keys; KEYS[7], KEYS[8]: staging msgs, staging ids.
+-- ARGV: ttl_ms, mode ('inline'|'staged'), n_records, version, epoch, etag,
+--   created, updated, parent, fork_point, creator, has_state, state,
+--   then (inline only) n ids, n records, retired ids.
+-- Returns {'restored', n}; {'hot'}; {'stale', archived_version}; {'incomplete'}.
+local S_MSGS, S_IDS = KEYS[7], KEYS[8]
+local ttl, mode, n, version = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local function discard_staging()
+  redis.call('DEL', S_MSGS, S_IDS)
+end
+if redis.call('EXISTS', K_META) == 1 then
+  discard_staging()
+  return {'hot'}
+end
+local evicted = tonumber(redis.call('HGET', K_ARCHIVED, 'version') or '-1')
+if evicted > version then
+  discard_staging()
+  return {'stale', evicted}
+end
+redis.call('DEL', K_MSGS, K_IDS, K_STATE)
+if mode == 'staged' then
+  if redis.call('LLEN', S_MSGS) ~= n then
+    discard_staging()
+    return {'incomplete'}
+  end
+  if n > 0 then
+    redis.call('RENAME', S_MSGS, K_MSGS)
+  end
+  if redis.call('EXISTS', S_IDS) == 1 then
+    redis.call('RENAME', S_IDS, K_IDS)
+  end
+  redis.call('PERSIST', K_MSGS)
+  redis.call('PERSIST', K_IDS)
+else
+  local ledger, records = {}, {}
+  for i = 1, n do
+    ledger[#ledger + 1] = ARGV[13 + i]
+    ledger[#ledger + 1] = i - 1
+    records[i] = ARGV[13 + n + i]
+  end
+  for i = 14 + 2 * n, #ARGV do
+    ledger[#ledger + 1] = ARGV[i]
+    ledger[#ledger + 1] = -1
+  end
+  chunked('RPUSH', K_MSGS, records)
+  chunked('HSET', K_IDS, ledger)
+end
+if ARGV[12] == '1' then
+  redis.call('SET', K_STATE, ARGV[13])
+end
+redis.call('HSET', K_META, 'version', version, 'epoch', ARGV[5], 'cold_version', version,
+  'cold_etag', ARGV[6], 'created', ARGV[7], 'updated', ARGV[8], 'parent', ARGV[9],
+  'fork_point', ARGV[10], 'creator', ARGV[11])
+redis.call('DEL', K_ARCHIVED)
+touch(ttl)
+return {'restored', n}

@@ -1,0 +1,26 @@
+-- stage: one chunk of a large hydrate, written to staging keys of the same slot.
+-- Nothing is visible to readers until restore.lua swaps the staging keys in.
+-- KEYS[1..6]: thread keys; KEYS[7], KEYS[8]: staging msgs (LIST), staging ids (HASH).
+-- ARGV: staging_ttl_ms, first_position, n_records, then n ids, then n records,
+--   then retired ids (ledger position -1).
+-- Returns the staging list length.
+local S_MSGS, S_IDS = KEYS[7], KEYS[8]
+local stage_ttl, first, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if redis.call('LLEN', S_MSGS) ~= first then
+  return -1 -- a chunk is missing or repeated; the caller starts over
+end
+local ledger, records = {}, {}
+for i = 1, n do
+  ledger[#ledger + 1] = ARGV[3 + i]
+  ledger[#ledger + 1] = first + i - 1
+  records[i] = ARGV[3 + n + i]
+end
+for i = 4 + 2 * n, #ARGV do
+  ledger[#ledger + 1] = ARGV[i]
+  ledger[#ledger + 1] = -1
+end
+chunked('RPUSH', S_MSGS, records)
+chunked('HSET', S_IDS, ledger)
+redis.call('PEXPIRE', S_MSGS, stage_ttl)
+redis.call('PEXPIRE', S_IDS, stage_ttl)
+return redis.call('LLEN', S_MSGS)

@@ -1,0 +1,215 @@
+"""Cold snapshots (schema 1): one compressed object per thread.
+
+The decompressed object is a sequence of JSON texts, one per line (``zcat
+file | jq`` reads it):
+
+1. header: ``{"format": "agent-threads/snapshot", "schema": 1, "thread_id",
+   "namespace", "version", "epoch", "created_ms", "updated_ms", "parent",
+   "fork_point", "creator", "count", "checksum": "sha256:<hex>"}``
+2. index: ``{"state": {...}, "ids": [...], "retired_ids": [...]}``
+3. ``count`` records ``{"id", "body"}``, one per line, byte for byte as stored in Redis.
+
+The checksum covers everything after the header line. Records stay encoded
+end to end (Redis -> snapshot -> Redis), so a hydrate restores exactly the
+bytes that were flushed and never re-encodes them. Decoding validates
+everything (compression, JSON, schema, thread id, checksum, ids, record
+framing) before anything is applied; any failure is ``SnapshotCorrupt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from storage.errors import AgentThreadsError, SnapshotCorrupt
+from storage.keys import validate_message_id, validate_thread_id
+from storage.records import Message, decode_records, encode_state
+
+FORMAT = "agent-threads/snapshot"
+SCHEMA = 1
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+DEFAULT_MAX_SNAPSHOT_BYTES = 2 * 1024**3
+"""Decompressed size cap: a hostile object cannot exhaust memory (gzip bomb)."""
+
+Compression = Literal["gzip", "zstd"]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One thread as archived: metadata, state, dedup ledger and encoded records."""
+
+    thread_id: str
+    namespace: str
+    version: int
+    epoch: str
+    created_ms: int
+    updated_ms: int
+    parent: str | None
+    fork_point: str | None
+    creator: str | None
+    state: dict[str, Any]
+    ids: tuple[str, ...]
+    """Message ids in list order: ``ids[i]`` is the id of ``records[i]``."""
+    records: tuple[bytes, ...]
+    """Encoded ``{"id", "body"}`` records, exactly as stored in Redis."""
+    retired_ids: tuple[str, ...] = ()
+    """Ids removed by ``replace_all``; still deduplicated after a hydrate."""
+
+    def messages(self) -> list[Message]:
+        return decode_records(self.records)
+
+
+def _record_prefix(message_id: str) -> bytes:
+    return b'{"id":' + json.dumps(message_id, ensure_ascii=False).encode() + b',"body":'
+
+
+def encode_snapshot(snapshot: Snapshot, compression: Compression = "gzip") -> bytes:
+    """Serialise and compress; records are concatenated as they are, not re-encoded."""
+    index = json.dumps(
+        {"state": snapshot.state, "ids": snapshot.ids, "retired_ids": snapshot.retired_ids},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
+    payload = b"\n".join((index, *snapshot.records))
+    header = {
+        "format": FORMAT,
+        "schema": SCHEMA,
+        "thread_id": snapshot.thread_id,
+        "namespace": snapshot.namespace,
+        "version": snapshot.version,
+        "epoch": snapshot.epoch,
+        "created_ms": snapshot.created_ms,
+        "updated_ms": snapshot.updated_ms,
+        "parent": snapshot.parent,
+        "fork_point": snapshot.fork_point,
+        "creator": snapshot.creator,
+        "count": len(snapshot.records),
+        "checksum": "sha256:" + hashlib.sha256(payload).hexdigest(),
+    }
+    raw = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode() + b"\n" + payload
+    if compression == "gzip":
+        packer = zlib.compressobj(6, zlib.DEFLATED, 31)
+        return packer.compress(raw) + packer.flush()
+    if compression == "zstd":
+        packed: bytes = _zstd().ZstdCompressor(level=3).compress(raw)
+        return packed
+    raise ValueError(f"unknown compression {compression!r}: use 'gzip' or 'zstd'")
+
+
+def _zstd() -> Any:
+    try:
+        import zstandard
+    except ImportError as exc:  # pragma: no cover - depends on the installed extras
+        raise AgentThreadsError(
+            "zstd snapshots need the 'zstandard' package: pip install 'agent-threads[zstd]'"
+        ) from exc
+    return zstandard
+
+
+def _decompress(data: bytes, max_bytes: int) -> bytes:
+    try:
+        if data[:2] == GZIP_MAGIC:
+            unpacker = zlib.decompressobj(31)
+            raw = unpacker.decompress(data, max_bytes + 1)
+            if len(raw) > max_bytes:
+                raise SnapshotCorrupt(f"snapshot expands beyond {max_bytes} bytes")
+            if not unpacker.eof:
+                raise SnapshotCorrupt("snapshot is truncated (incomplete gzip stream)")
+            return raw
+        if data[:4] == ZSTD_MAGIC:
+            reader = _zstd().ZstdDecompressor().stream_reader(io.BytesIO(data))
+            raw = reader.read(max_bytes + 1)
+            if len(raw) > max_bytes:
+                raise SnapshotCorrupt(f"snapshot expands beyond {max_bytes} bytes")
+            return bytes(raw)
+    except (zlib.error, EOFError) as exc:
+        raise SnapshotCorrupt(f"snapshot is not valid compressed data: {exc}") from exc
+    except SnapshotCorrupt:
+        raise
+    except Exception as exc:  # zstandard.ZstdError and friends
+        if type(exc).__name__.startswith("Zstd"):
+            raise SnapshotCorrupt(f"snapshot is not valid zstd data: {exc}") from exc
+        raise
+    raise SnapshotCorrupt("snapshot is neither gzip nor zstd compressed")
+
+
+def _field(header: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = header.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise SnapshotCorrupt(f"snapshot header field {name!r} is missing or malformed")
+    return value
+
+
+def decode_snapshot(
+    data: bytes, thread_id: str, *, max_bytes: int = DEFAULT_MAX_SNAPSHOT_BYTES
+) -> Snapshot:
+    """Validate and decode; ``SnapshotCorrupt`` unless it is a sound snapshot of ``thread_id``."""
+    raw = _decompress(data, max_bytes)
+    header_line, _, payload = raw.partition(b"\n")
+    try:
+        header = json.loads(header_line)
+    except ValueError as exc:
+        raise SnapshotCorrupt(f"snapshot header is not JSON: {exc}") from exc
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise SnapshotCorrupt("object is not an agent-threads snapshot (foreign format)")
+    if header.get("schema") != SCHEMA:
+        raise SnapshotCorrupt(
+            f"snapshot schema {header.get('schema')!r} is not supported (this version reads "
+            f"{SCHEMA})"
+        )
+    if header.get("thread_id") != thread_id:
+        raise SnapshotCorrupt(
+            f"snapshot belongs to thread {header.get('thread_id')!r}, not {thread_id!r}"
+        )
+    checksum = "sha256:" + hashlib.sha256(payload).hexdigest()
+    if header.get("checksum") != checksum:
+        raise SnapshotCorrupt(f"snapshot of {thread_id!r} fails its checksum")
+    count = _field(header, "count", int)
+    lines = payload.split(b"\n")
+    if len(lines) != count + 1:
+        raise SnapshotCorrupt(
+            f"snapshot of {thread_id!r} has {len(lines) - 1} records, not {count}"
+        )
+    try:
+        index = json.loads(lines[0])
+        ids = tuple(validate_message_id(i) for i in index["ids"])
+        retired = tuple(validate_message_id(i) for i in index["retired_ids"])
+        state = index["state"]
+        encode_state(state)
+    except (ValueError, KeyError, TypeError, AgentThreadsError) as exc:
+        raise SnapshotCorrupt(f"snapshot index of {thread_id!r} is malformed: {exc}") from exc
+    if len(ids) != count or len(set(ids)) != count or set(ids) & set(retired):
+        raise SnapshotCorrupt(f"snapshot ledger of {thread_id!r} is inconsistent")
+    records = tuple(lines[1:])
+    for message_id, record in zip(ids, records, strict=True):
+        if not (record.startswith(_record_prefix(message_id)) and record.endswith(b"}")):
+            raise SnapshotCorrupt(f"snapshot record {message_id!r} of {thread_id!r} is malformed")
+    try:
+        validate_thread_id(thread_id)
+        parent, fork_point, creator = (header.get(k) for k in ("parent", "fork_point", "creator"))
+        if not all(v is None or isinstance(v, str) for v in (parent, fork_point, creator)):
+            raise SnapshotCorrupt("snapshot lineage fields are malformed")
+        return Snapshot(
+            thread_id=thread_id,
+            namespace=_field(header, "namespace", str),
+            version=_field(header, "version", int),
+            epoch=_field(header, "epoch", str),
+            created_ms=_field(header, "created_ms", int),
+            updated_ms=_field(header, "updated_ms", int),
+            parent=parent,
+            fork_point=fork_point,
+            creator=creator,
+            state=state,
+            ids=ids,
+            records=records,
+            retired_ids=retired,
+        )
+    except AgentThreadsError as exc:
+        if isinstance(exc, SnapshotCorrupt):
+            raise
+        raise SnapshotCorrupt(f"snapshot of {thread_id!r} is malformed: {exc}") from exc

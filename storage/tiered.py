@@ -1,0 +1,264 @@
+"""Threads: one API over the hot tier (Redis) and the cold tier (S3 or files).
+
+The lifecycle of a thread between agent turns: ``flush`` archives it after a
+turn and frees Redis; ``hydrate`` restores it before the next turn. Neither may
+lose a write that races it:
+
+* flush reads the thread and its version in one script, uploads with
+  compare-and-swap (``If-Match`` the etag it last recorded, ``If-None-Match``
+  for a first archive) and then evicts in one script *only if* the version is
+  still the archived one and no lease is held. An append that lands during the
+  upload bumps the version, so the thread stays hot and the next flush
+  archives it: nothing is ever deleted that was not archived.
+* a stale flush (an older version, e.g. a redelivered task) loses the CAS,
+  re-reads the archive, sees a newer version there and uploads nothing: the
+  archive never goes back in time.
+* hydrate restores in one script (large threads are staged in chunks and
+  swapped in by that script). If the thread is already hot, nothing happens;
+  if the snapshot it read is older than the one this Redis last evicted (the
+  hydrate raced a whole hydrate-append-flush cycle), it reads again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, TypeVar
+
+from storage.cold import ColdStore
+from storage.errors import (
+    ColdStoreConflict,
+    ColdStoreUnavailable,
+    SnapshotCorrupt,
+    ThreadExists,
+    ThreadNotFound,
+)
+from storage.hot import HotStore
+from storage.records import Message
+from storage.results import AppendResult, FlushResult, HydrateResult, Lease
+from storage.snapshot import Snapshot, encode_snapshot
+
+T = TypeVar("T")
+OpenMode = Literal["new", "continue", "fork"]
+
+_CAS_ATTEMPTS = 8
+_HYDRATE_ATTEMPTS = 5
+
+
+class Threads:
+    """Tiered threads: ``Threads(HotStore(redis), S3ColdStore(...))``."""
+
+    def __init__(self, hot: HotStore, cold: ColdStore, *, restore_chunk: int = 2000) -> None:
+        self.hot = hot
+        self.cold = cold
+        self.restore_chunk = restore_chunk
+
+    # -- hot <-> cold ----------------------------------------------------------
+
+    def hydrate(self, thread_id: str) -> HydrateResult:
+        """Make the thread hot: "hot" (it was), "restored" or "absent" (in no tier).
+
+        Idempotent and safe to run concurrently: exactly one restore wins, the
+        others see the thread hot. A corrupt snapshot raises ``SnapshotCorrupt``
+        and nothing is applied.
+        """
+        for _ in range(_HYDRATE_ATTEMPTS):
+            if self.hot.exists(thread_id):
+                return HydrateResult("hot")
+            found = self.cold.read(thread_id)
+            if found is None:
+                # Another hydrate may have restored it (and a flush removed the
+                # archive's need) between our two reads: check hot once more.
+                return HydrateResult("hot" if self.hot.exists(thread_id) else "absent")
+            snapshot, etag = found
+            self._check_namespace(snapshot)
+            outcome = self.hot.restore(snapshot, etag, chunk_size=self.restore_chunk)
+            if outcome == "restored":
+                return HydrateResult("restored", snapshot.version, len(snapshot.records))
+            if outcome == "hot":
+                return HydrateResult("hot")
+            # "stale" or "incomplete": read the archive again
+        raise ColdStoreUnavailable(
+            f"hydrate of thread {thread_id!r} kept racing newer archives; retry later"
+        )
+
+    def flush(
+        self,
+        thread_id: str,
+        *,
+        evict: bool = True,
+        release_owner: str | None = None,
+    ) -> FlushResult:
+        """Archive the thread if it changed since the last archive; then evict it
+        from Redis if that is safe (see the module docstring).
+
+        ``release_owner`` releases that owner's lease in the same step as the
+        eviction check (the end of an agent turn).
+        """
+        try:
+            source = self.hot.flush_source(thread_id)
+        except ThreadNotFound:
+            return FlushResult("absent")
+        if source.snapshot is None:  # the archive already holds this version
+            assert source.cold_etag is not None
+            etag, archived, size, status = source.cold_etag, source.version, 0, "unchanged"
+        else:
+            etag, archived, size = self._upload(source.snapshot, source.cold_etag)
+            status = "archived" if size else "unchanged"
+        commit = self.hot.commit_flush(
+            thread_id,
+            version=archived,
+            etag=etag,
+            epoch=source.epoch,
+            evict=evict,
+            release_owner=release_owner,
+        )
+        if commit.outcome == "gone" and size and self.cold.head(thread_id) == etag:
+            # The thread was deleted (or re-created) while we uploaded: do not let
+            # our upload resurrect it.
+            self.cold.delete(thread_id)
+            return FlushResult("absent")
+        return FlushResult(status, archived, etag, commit.outcome == "evicted", size)
+
+    def _upload(self, snapshot: Snapshot, if_match: str | None) -> tuple[str, int, int]:
+        """CAS-upload ``snapshot``; returns (etag, archived version, bytes uploaded).
+
+        On a lost CAS the archive is read back: if it already holds this version
+        or a newer one of the same thread incarnation, nothing is uploaded (bytes
+        0); if it is older, the upload is retried against its etag.
+        """
+        data = encode_snapshot(snapshot, self.cold.compression)
+        for _ in range(_CAS_ATTEMPTS):
+            try:
+                etag = self.cold.write_bytes(snapshot.thread_id, data, if_match)
+                return etag, snapshot.version, len(data)
+            except ColdStoreConflict:
+                current = self.cold.read(snapshot.thread_id)
+            if current is None:
+                if_match = None
+                continue
+            archived, etag = current
+            if archived.epoch != snapshot.epoch:
+                raise ThreadExists(
+                    snapshot.thread_id,
+                    "the cold archive belongs to another incarnation of this thread id "
+                    f"(archive epoch {archived.epoch}, hot epoch {snapshot.epoch}); "
+                    "nothing was overwritten or evicted",
+                )
+            if archived.version >= snapshot.version:
+                return etag, archived.version, 0
+            if_match = etag
+        raise ColdStoreUnavailable(
+            f"flush of thread {snapshot.thread_id!r} lost {_CAS_ATTEMPTS} compare-and-swap "
+            "rounds in a row; retry later"
+        )
+
+    def _check_namespace(self, snapshot: Snapshot) -> None:
+        if snapshot.namespace != self.hot.namespace:
+            raise SnapshotCorrupt(
+                f"snapshot of thread {snapshot.thread_id!r} belongs to namespace "
+                f"{snapshot.namespace!r}, not {self.hot.namespace!r} (foreign archive)"
+            )
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def open(
+        self,
+        thread_id: str,
+        mode: OpenMode = "continue",
+        *,
+        source: str | None = None,
+        up_to_id: str | None = None,
+        state: Mapping[str, Any] | None = None,
+        owner: str | None = None,
+    ) -> str:
+        """Make ``thread_id`` ready for a turn; returns what happened.
+
+        * "new": create it; ``ThreadExists`` if it exists in either tier, unless it
+          was created by this same ``owner`` (a redelivered turn) -> "existing".
+        * "continue": hydrate it -> "hot" | "restored"; ``ThreadNotFound`` if absent.
+        * "fork": hydrate ``source`` and fork it (up to ``up_to_id``) -> "forked";
+          an existing fork of that source -> "existing"; other content -> ``ThreadExists``.
+        """
+        if mode == "new":
+            return self._open_new(thread_id, state, owner)
+        if mode == "continue":
+            status = self.hydrate(thread_id).status
+            if status == "absent":
+                raise ThreadNotFound(thread_id, "open it with mode='new' first")
+            return status
+        if mode == "fork":
+            if source is None:
+                raise ValueError("mode='fork' needs source=<thread id>")
+            if self.hydrate(thread_id).status != "absent":
+                info = self.hot.info(thread_id)
+                if info.parent == source and info.fork_point == up_to_id:
+                    return "existing"
+                raise ThreadExists(thread_id, "it is not a fork of that source at that point")
+            if self.hydrate(source).status == "absent":
+                raise ThreadNotFound(source, "the fork source exists in no tier")
+            self.hot.fork(source, thread_id, up_to_id)
+            return "forked"
+        raise ValueError(f"unknown open mode {mode!r}: use 'new', 'continue' or 'fork'")
+
+    def _open_new(self, thread_id: str, state: Mapping[str, Any] | None, owner: str | None) -> str:
+        def redelivered() -> bool:
+            return owner is not None and self.hot.info(thread_id).creator == owner
+
+        if self.hot.exists(thread_id):
+            if redelivered():
+                return "existing"
+            raise ThreadExists(thread_id, "it is hot; use mode='continue'")
+        if self.cold.head(thread_id) is not None:
+            if self.hydrate(thread_id).status != "absent" and redelivered():
+                return "existing"
+            raise ThreadExists(thread_id, "it is archived in the cold tier; use mode='continue'")
+        if self.hot.create(thread_id, state, creator=owner) or redelivered():
+            return "created"
+        raise ThreadExists(thread_id, "another caller created it concurrently")
+
+    def delete(self, thread_id: str) -> bool:
+        """Delete the thread from both tiers; True if it existed in either. Idempotent."""
+        in_cold = self.cold.head(thread_id) is not None
+        in_hot = self.hot.delete(thread_id)
+        self.cold.delete(thread_id)
+        return in_hot or in_cold
+
+    # -- tier-transparent operations ---------------------------------------------
+
+    def _hot(self, thread_id: str, action: Callable[[], T]) -> T:
+        """Run a hot-tier action; if the thread is cold, hydrate it and run again."""
+        for _ in range(_HYDRATE_ATTEMPTS):
+            try:
+                return action()
+            except ThreadNotFound:
+                if self.hydrate(thread_id).status == "absent":
+                    raise
+        return action()
+
+    def append(
+        self, thread_id: str, messages: Iterable[Mapping[str, Any]], *, owner: str | None = None
+    ) -> AppendResult:
+        """``HotStore.append``, hydrating a cold thread first. Exactly once per id,
+        also across flush and hydrate (the ledger is archived with the thread)."""
+        batch = list(messages)
+        return self._hot(thread_id, lambda: self.hot.append(thread_id, batch, owner=owner))
+
+    def load(self, thread_id: str, start: int = 0, stop: int = -1) -> list[Message]:
+        return self._hot(thread_id, lambda: self.hot.load(thread_id, start, stop))
+
+    def load_state(self, thread_id: str) -> dict[str, Any]:
+        return self._hot(thread_id, lambda: self.hot.load_state(thread_id))
+
+    def save_state(self, thread_id: str, state: Mapping[str, Any]) -> int:
+        """Save the state slice (hydrating first); returns the thread's version."""
+        return self._hot(thread_id, lambda: self.hot.save_state(thread_id, state)).version
+
+    def acquire_lease(self, thread_id: str, owner: str, ttl_ms: int) -> Lease:
+        """One turn at a time per thread; the same owner re-acquires; another gets
+        ``LeaseHeld`` (transient). A lease keeps the thread hot: flush never evicts
+        a leased thread."""
+        return self._hot(thread_id, lambda: self.hot.acquire_lease(thread_id, owner, ttl_ms))
+
+    def release_lease(self, thread_id: str, owner: str) -> bool:
+        """Release ``owner``'s lease; False if it does not hold it. Idempotent."""
+        return self.hot.release_lease(thread_id, owner)
