@@ -7,11 +7,10 @@ every test gets a flushed database and a fresh bucket or directory.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
