@@ -97,7 +97,8 @@ class Threads:
         try:
             source = self.hot.flush_source(thread_id)
         except ThreadNotFound:
-            return FlushResult("absent")
+            etag = self.cold.head(thread_id)  # already evicted: the archive is current
+            return FlushResult("absent") if etag is None else FlushResult("unchanged", etag=etag)
         if source.snapshot is None:  # the archive already holds this version
             assert source.cold_etag is not None
             etag, archived, size, status = source.cold_etag, source.version, 0, "unchanged"

@@ -2,7 +2,8 @@
 
 Environment variables are read here (and in ``celeryconfig.py``) only:
 ``AGENT_THREADS_REDIS_URL`` points the demo at an existing Redis instead of an
-embedded redis-server.
+embedded redis-server. The demo's cold tier is a ``FileColdStore`` under
+``./.agent-threads/cold``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import click
 import redis
 
 from storage import HotStore, Message
+from storage.cold import FileColdStore
 from storage.embedded import EmbeddedRedis
+from storage.tiered import Threads
 
 T = TypeVar("T")
 
@@ -110,8 +113,20 @@ def demo(thread_id: str) -> None:
         _step("compact the fork into a summary", lambda: store.replace_all(fork_id, summary))
         _show(store, thread_id)
         _show(store, fork_id)
-        store.delete(thread_id)
-        store.delete(fork_id)
+
+        click.echo("4. after the turn: archive to the cold tier and free Redis; restore later")
+        threads = Threads(store, FileColdStore(".agent-threads/cold"))
+        threads.delete(thread_id)
+        threads.delete(fork_id)
+        _step("open a new thread", lambda: threads.open(thread_id, "new", state={"turn": 1}))
+        _step("append a turn", lambda: threads.append(thread_id, turn_1 + reply))
+        _step("flush (archive + evict)", lambda: threads.flush(thread_id))
+        _step("is it still in Redis?", lambda: store.exists(thread_id))
+        _step("flush again (already archived: no upload)", lambda: threads.flush(thread_id))
+        _step("hydrate before the next turn", lambda: threads.hydrate(thread_id))
+        _step("redelivered reply after the round trip", lambda: threads.append(thread_id, reply))
+        _show(store, thread_id)
+        threads.delete(thread_id)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,18 @@ def test_flush_of_absent_thread(threads: Threads) -> None:
     assert threads.flush("nope").status == "absent"
 
 
+def test_flush_of_evicted_thread_reports_the_current_archive(threads: Threads) -> None:
+    make_thread(threads)
+    first = threads.flush("t1")
+    again = threads.flush("t1")
+    assert (again.status, again.etag, again.evicted, again.size_bytes) == (
+        "unchanged",
+        first.etag,
+        False,
+        0,
+    )
+
+
 def test_flush_keeps_a_leased_thread_hot(threads: Threads) -> None:
     make_thread(threads)
     threads.acquire_lease("t1", "turn-1", 60_000)
