@@ -9,7 +9,8 @@ file | jq`` reads it):
 2. index: ``{"state": {...}, "ids": [...], "retired_ids": [...]}``
 3. ``count`` records ``{"id", "body"}``, one per line, byte for byte as stored in Redis.
 
-The checksum covers everything after the header line. Records stay encoded
+The checksum covers the header (without its checksum field) and everything
+after the header line. Records stay encoded
 end to end (Redis -> snapshot -> Redis), so a hydrate restores exactly the
 bytes that were flushed and never re-encodes them. Decoding validates
 everything (compression, JSON, schema, thread id, checksum, ids, record
@@ -19,7 +20,6 @@ framing) before anything is applied; any failure is ``SnapshotCorrupt``.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import zlib
 from dataclasses import dataclass
@@ -64,19 +64,37 @@ class Snapshot:
         return decode_records(self.records)
 
 
+def _dumps(value: object) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _checksum(header: dict[str, Any], payload: bytes) -> str:
+    """SHA-256 over the header without its checksum field, a newline, and the payload."""
+    digest = hashlib.sha256(_dumps({k: v for k, v in header.items() if k != "checksum"}))
+    digest.update(b"\n")
+    digest.update(payload)
+    return "sha256:" + digest.hexdigest()
+
+
+def _loads(data: bytes, failure: str) -> Any:
+    """``json.loads`` that turns every failure (deep nesting included) into SnapshotCorrupt."""
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise SnapshotCorrupt(f"{failure} ({type(exc).__name__})") from exc
+
+
 def _record_prefix(message_id: str) -> bytes:
     return b'{"id":' + json.dumps(message_id, ensure_ascii=False).encode() + b',"body":'
 
 
 def encode_snapshot(snapshot: Snapshot, compression: Compression = "gzip") -> bytes:
     """Serialise and compress; records are concatenated as they are, not re-encoded."""
-    index = json.dumps(
-        {"state": snapshot.state, "ids": snapshot.ids, "retired_ids": snapshot.retired_ids},
-        ensure_ascii=False,
-        separators=(",", ":"),
-    ).encode()
+    index = _dumps(
+        {"state": snapshot.state, "ids": snapshot.ids, "retired_ids": snapshot.retired_ids}
+    )
     payload = b"\n".join((index, *snapshot.records))
-    header = {
+    header: dict[str, Any] = {
         "format": FORMAT,
         "schema": SCHEMA,
         "thread_id": snapshot.thread_id,
@@ -89,14 +107,14 @@ def encode_snapshot(snapshot: Snapshot, compression: Compression = "gzip") -> by
         "fork_point": snapshot.fork_point,
         "creator": snapshot.creator,
         "count": len(snapshot.records),
-        "checksum": "sha256:" + hashlib.sha256(payload).hexdigest(),
     }
-    raw = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode() + b"\n" + payload
+    header["checksum"] = _checksum(header, payload)
+    raw = _dumps(header) + b"\n" + payload
     if compression == "gzip":
         packer = zlib.compressobj(6, zlib.DEFLATED, 31)
         return packer.compress(raw) + packer.flush()
     if compression == "zstd":
-        packed: bytes = _zstd().ZstdCompressor(level=3).compress(raw)
+        packed: bytes = _zstd().ZstdCompressor(level=3, write_checksum=True).compress(raw)
         return packed
     raise ValueError(f"unknown compression {compression!r}: use 'gzip' or 'zstd'")
 
@@ -122,11 +140,13 @@ def _decompress(data: bytes, max_bytes: int) -> bytes:
                 raise SnapshotCorrupt("snapshot is truncated (incomplete gzip stream)")
             return raw
         if data[:4] == ZSTD_MAGIC:
-            reader = _zstd().ZstdDecompressor().stream_reader(io.BytesIO(data))
-            raw = reader.read(max_bytes + 1)
-            if len(raw) > max_bytes:
+            zstandard = _zstd()
+            size = zstandard.frame_content_size(data)  # we always write it
+            if size < 0:
+                raise SnapshotCorrupt("zstd snapshot does not declare its size")
+            if size > max_bytes:
                 raise SnapshotCorrupt(f"snapshot expands beyond {max_bytes} bytes")
-            return bytes(raw)
+            return bytes(zstandard.ZstdDecompressor().decompress(data, max_output_size=size))
     except (zlib.error, EOFError) as exc:
         raise SnapshotCorrupt(f"snapshot is not valid compressed data: {exc}") from exc
     except SnapshotCorrupt:
@@ -151,10 +171,7 @@ def decode_snapshot(
     """Validate and decode; ``SnapshotCorrupt`` unless it is a sound snapshot of ``thread_id``."""
     raw = _decompress(data, max_bytes)
     header_line, _, payload = raw.partition(b"\n")
-    try:
-        header = json.loads(header_line)
-    except ValueError as exc:
-        raise SnapshotCorrupt(f"snapshot header is not JSON: {exc}") from exc
+    header = _loads(header_line, "snapshot header is not JSON")
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise SnapshotCorrupt("object is not an agent-threads snapshot (foreign format)")
     if header.get("schema") != SCHEMA:
@@ -166,8 +183,7 @@ def decode_snapshot(
         raise SnapshotCorrupt(
             f"snapshot belongs to thread {header.get('thread_id')!r}, not {thread_id!r}"
         )
-    checksum = "sha256:" + hashlib.sha256(payload).hexdigest()
-    if header.get("checksum") != checksum:
+    if header.get("checksum") != _checksum(header, payload):
         raise SnapshotCorrupt(f"snapshot of {thread_id!r} fails its checksum")
     count = _field(header, "count", int)
     lines = payload.split(b"\n")
@@ -175,8 +191,10 @@ def decode_snapshot(
         raise SnapshotCorrupt(
             f"snapshot of {thread_id!r} has {len(lines) - 1} records, not {count}"
         )
+    index = _loads(lines[0], f"snapshot index of {thread_id!r} is malformed: not JSON")
     try:
-        index = json.loads(lines[0])
+        if not isinstance(index["ids"], list) or not isinstance(index["retired_ids"], list):
+            raise SnapshotCorrupt("ids and retired_ids must be lists")
         ids = tuple(validate_message_id(i) for i in index["ids"])
         retired = tuple(validate_message_id(i) for i in index["retired_ids"])
         state = index["state"]
@@ -186,8 +204,24 @@ def decode_snapshot(
     if len(ids) != count or len(set(ids)) != count or set(ids) & set(retired):
         raise SnapshotCorrupt(f"snapshot ledger of {thread_id!r} is inconsistent")
     records = tuple(lines[1:])
-    for message_id, record in zip(ids, records, strict=True):
-        if not (record.startswith(_record_prefix(message_id)) and record.endswith(b"}")):
+    # Every record must be exactly {"id": <its id>, "body": <JSON>} in canonical
+    # framing; one C-level parse of all records checks the bodies.
+    try:
+        parsed = json.loads(b"[" + b",".join(records) + b"]")
+    except (ValueError, RecursionError):
+        parsed = [
+            _loads(r, f"snapshot record {i!r} of {thread_id!r} is malformed")
+            for i, r in zip(ids, records, strict=True)
+        ]
+    if len(parsed) != count:  # a line holding two values separated by a comma
+        raise SnapshotCorrupt(f"snapshot records of {thread_id!r} are malformed")
+    for message_id, record, value in zip(ids, records, parsed, strict=True):
+        if not (
+            record.startswith(_record_prefix(message_id))
+            and isinstance(value, dict)
+            and value.keys() == {"id", "body"}
+            and value["id"] == message_id
+        ):
             raise SnapshotCorrupt(f"snapshot record {message_id!r} of {thread_id!r} is malformed")
     try:
         validate_thread_id(thread_id)
