@@ -75,7 +75,9 @@ _TRANSIENT_CODES = {
 }
 
 
-def _s3_error(exc: Exception, action: str, thread_id: str, *, conditional: bool) -> ColdStoreError:
+def _s3_error(
+    exc: Exception, action: str, thread_id: str, *, conditional: bool = False
+) -> ColdStoreError:
     """Translate a boto3 failure into a typed error (transient or not)."""
     where = f"S3 {action} of thread {thread_id!r}"
     if isinstance(exc, ClientError):
@@ -83,7 +85,8 @@ def _s3_error(exc: Exception, action: str, thread_id: str, *, conditional: bool)
         code = str(error.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
         # 412 is a lost CAS; moto answers 404 for If-Match on a missing key.
-        if status == 412 or code == "PreconditionFailed" or (conditional and status == 404):
+        missing_key = status == 404 and code != "NoSuchBucket"
+        if status == 412 or code == "PreconditionFailed" or (conditional and missing_key):
             return ColdStoreConflict(f"{where}: the archive changed concurrently ({code})")
         if code in _TRANSIENT_CODES or status >= 500 or status in (408, 409, 429):
             return ColdStoreUnavailable(f"{where} failed, retry later: {code} ({status})")
@@ -116,9 +119,23 @@ class S3ColdStore:
         self.compression: Compression = compression
         self.sse = dict(sse or {})
         self.max_snapshot_bytes = max_snapshot_bytes
+        self._bucket_seen = False
 
     def key(self, thread_id: str) -> str:
         return object_key(self.prefix, thread_id)
+
+    def _check_bucket(self, thread_id: str) -> None:
+        """Raise a permanent error if the bucket is missing (checked once per store)."""
+        if self._bucket_seen:
+            return
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            error = _s3_error(exc, "bucket check", thread_id)
+            if isinstance(exc, ClientError) and not error.transient:
+                raise ColdStoreError(f"S3 bucket {self.bucket!r} is missing or forbidden") from exc
+            raise error from exc
+        self._bucket_seen = True
 
     def read(self, thread_id: str) -> tuple[Snapshot, str] | None:
         key = self.key(thread_id)
@@ -128,9 +145,9 @@ class S3ColdStore:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
-            raise _s3_error(exc, "read", thread_id, conditional=False) from exc
+            raise _s3_error(exc, "read", thread_id) from exc
         except BotoCoreError as exc:
-            raise _s3_error(exc, "read", thread_id, conditional=False) from exc
+            raise _s3_error(exc, "read", thread_id) from exc
         snapshot = decode_snapshot(data, thread_id, max_bytes=self.max_snapshot_bytes)
         return snapshot, response["ETag"]
 
@@ -139,10 +156,11 @@ class S3ColdStore:
             response = self.client.head_object(Bucket=self.bucket, Key=self.key(thread_id))
         except ClientError as exc:
             if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                self._check_bucket(thread_id)  # a HEAD 404 does not say what is missing
                 return None
-            raise _s3_error(exc, "head", thread_id, conditional=False) from exc
+            raise _s3_error(exc, "head", thread_id) from exc
         except BotoCoreError as exc:
-            raise _s3_error(exc, "head", thread_id, conditional=False) from exc
+            raise _s3_error(exc, "head", thread_id) from exc
         return response["ETag"]
 
     def write(self, thread_id: str, snapshot: Snapshot, if_match: str | None) -> str:
@@ -151,6 +169,7 @@ class S3ColdStore:
     def write_bytes(self, thread_id: str, data: bytes, if_match: str | None) -> str:
         """Store already encoded snapshot bytes with the same CAS contract as ``write``."""
         condition = {"IfNoneMatch": "*"} if if_match is None else {"IfMatch": if_match}
+        conditional = if_match is not None  # only If-Match can 404 on a missing key
         try:
             response = self.client.put_object(
                 Bucket=self.bucket,
@@ -161,14 +180,14 @@ class S3ColdStore:
                 **self.sse,  # type: ignore[arg-type]
             )
         except (ClientError, BotoCoreError) as exc:
-            raise _s3_error(exc, "write", thread_id, conditional=True) from exc
+            raise _s3_error(exc, "write", thread_id, conditional=conditional) from exc
         return response["ETag"]
 
     def delete(self, thread_id: str) -> None:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self.key(thread_id))
         except (ClientError, BotoCoreError) as exc:
-            raise _s3_error(exc, "delete", thread_id, conditional=False) from exc
+            raise _s3_error(exc, "delete", thread_id) from exc
 
 
 class FileColdStore:

