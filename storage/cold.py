@@ -37,6 +37,7 @@ class ColdStore(Protocol):
     """Where evicted threads live. Implementations: ``S3ColdStore``, ``FileColdStore``."""
 
     compression: Compression
+    compression_level: int | None
 
     def read(self, thread_id: str) -> tuple[Snapshot, str] | None:
         """The snapshot and its etag, or None if there is none; ``SnapshotCorrupt`` if bad."""
@@ -110,6 +111,7 @@ class S3ColdStore:
         prefix: str = "threads",
         *,
         compression: Compression = "gzip",
+        compression_level: int | None = None,
         sse: Mapping[str, str] | None = None,
         max_snapshot_bytes: int = DEFAULT_MAX_SNAPSHOT_BYTES,
     ) -> None:
@@ -117,6 +119,7 @@ class S3ColdStore:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.compression: Compression = compression
+        self.compression_level = compression_level
         self.sse = dict(sse or {})
         self.max_snapshot_bytes = max_snapshot_bytes
         self._bucket_seen = False
@@ -164,7 +167,9 @@ class S3ColdStore:
         return response["ETag"]
 
     def write(self, thread_id: str, snapshot: Snapshot, if_match: str | None) -> str:
-        return self.write_bytes(thread_id, encode_snapshot(snapshot, self.compression), if_match)
+        return self.write_bytes(
+            thread_id, encode_snapshot(snapshot, self.compression, self.compression_level), if_match
+        )
 
     def write_bytes(self, thread_id: str, data: bytes, if_match: str | None) -> str:
         """Store already encoded snapshot bytes with the same CAS contract as ``write``."""
@@ -205,11 +210,13 @@ class FileColdStore:
         prefix: str = "threads",
         *,
         compression: Compression = "gzip",
+        compression_level: int | None = None,
         max_snapshot_bytes: int = DEFAULT_MAX_SNAPSHOT_BYTES,
     ) -> None:
         self.root = Path(root)
         self.prefix = prefix.strip("/")
         self.compression: Compression = compression
+        self.compression_level = compression_level
         self.max_snapshot_bytes = max_snapshot_bytes
 
     def path(self, thread_id: str) -> Path:
@@ -252,7 +259,9 @@ class FileColdStore:
         return None if data is None else self._etag(data)
 
     def write(self, thread_id: str, snapshot: Snapshot, if_match: str | None) -> str:
-        return self.write_bytes(thread_id, encode_snapshot(snapshot, self.compression), if_match)
+        return self.write_bytes(
+            thread_id, encode_snapshot(snapshot, self.compression, self.compression_level), if_match
+        )
 
     def write_bytes(self, thread_id: str, data: bytes, if_match: str | None) -> str:
         """Store already encoded snapshot bytes with the same CAS contract as ``write``."""

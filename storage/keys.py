@@ -17,6 +17,7 @@ from storage.limits import DEFAULT_LIMITS, Limits
 # S3 object keys and file names alike. A leading "." is refused so that an id
 # can never be "." or ".." or a hidden file.
 _THREAD_ID = re.compile(r"[A-Za-z0-9_:-][A-Za-z0-9._:-]*", re.ASCII)
+_PRINTABLE_ASCII_ID = re.compile(r"[\x21-\x7e]+")  # the common case, checked in C
 _NAMESPACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:-]{0,63}", re.ASCII)
 
 
@@ -48,6 +49,8 @@ def validate_message_id(
             f"{what} must be 1..{limits.max_message_id_length} characters, "
             f"got {len(message_id)}: {message_id[:40]!r}"
         )
+    if _PRINTABLE_ASCII_ID.fullmatch(message_id):
+        return message_id
     # isprintable() is False for control, format (zero-width, bidi) and separator
     # characters; isspace() catches the remaining whitespace such as " ".
     if not message_id.isprintable() or any(ch.isspace() for ch in message_id):

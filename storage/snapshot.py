@@ -88,7 +88,13 @@ def _record_prefix(message_id: str) -> bytes:
     return b'{"id":' + json.dumps(message_id, ensure_ascii=False).encode() + b',"body":'
 
 
-def encode_snapshot(snapshot: Snapshot, compression: Compression = "gzip") -> bytes:
+DEFAULT_LEVELS: dict[str, int] = {"gzip": 3, "zstd": 3}
+"""gzip 3 compresses chat JSON ~3:1 at ~3.5x the speed of gzip 6 (measured in bench/tiering.py)."""
+
+
+def encode_snapshot(
+    snapshot: Snapshot, compression: Compression = "gzip", level: int | None = None
+) -> bytes:
     """Serialise and compress; records are concatenated as they are, not re-encoded."""
     index = _dumps(
         {"state": snapshot.state, "ids": snapshot.ids, "retired_ids": snapshot.retired_ids}
@@ -111,10 +117,13 @@ def encode_snapshot(snapshot: Snapshot, compression: Compression = "gzip") -> by
     header["checksum"] = _checksum(header, payload)
     raw = _dumps(header) + b"\n" + payload
     if compression == "gzip":
-        packer = zlib.compressobj(6, zlib.DEFLATED, 31)
+        packer = zlib.compressobj(level or DEFAULT_LEVELS["gzip"], zlib.DEFLATED, 31)
         return packer.compress(raw) + packer.flush()
     if compression == "zstd":
-        packed: bytes = _zstd().ZstdCompressor(level=3, write_checksum=True).compress(raw)
+        compressor = _zstd().ZstdCompressor(
+            level=level or DEFAULT_LEVELS["zstd"], write_checksum=True
+        )
+        packed: bytes = compressor.compress(raw)
         return packed
     raise ValueError(f"unknown compression {compression!r}: use 'gzip' or 'zstd'")
 

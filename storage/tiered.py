@@ -127,7 +127,7 @@ class Threads:
         or a newer one of the same thread incarnation, nothing is uploaded (bytes
         0); if it is older, the upload is retried against its etag.
         """
-        data = encode_snapshot(snapshot, self.cold.compression)
+        data = encode_snapshot(snapshot, self.cold.compression, self.cold.compression_level)
         for _ in range(_CAS_ATTEMPTS):
             try:
                 etag = self.cold.write_bytes(snapshot.thread_id, data, if_match)

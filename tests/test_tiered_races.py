@@ -32,6 +32,7 @@ class GatedColdStore:
     def __init__(self, inner: ColdStore, pause_after: str) -> None:
         self.inner = inner
         self.compression = inner.compression
+        self.compression_level = inner.compression_level
         self.pause_after = pause_after
         self.reached = threading.Event()
         self._gate = threading.Event()
