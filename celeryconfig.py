@@ -1,23 +1,83 @@
-"""Celery settings for agent-threads; every value can be overridden by environment variables.
+"""Celery settings for agent-threads. Every value can be overridden by an environment
+variable (``AGENT_THREADS_*``); this module and the CLI are the only places that read them.
 
-Only the settings that already hold are here; the thread tasks, routes and the
-beat schedule arrive with the Celery tasks issue (see DESIGN.md section 5).
+| variable | default | what |
+|---|---|---|
+| AGENT_THREADS_BROKER_URL | redis://127.0.0.1:6379/1 | Celery broker (Redis or RabbitMQ) |
+| AGENT_THREADS_RESULT_BACKEND | redis://127.0.0.1:6379/2 | Celery result backend |
+| AGENT_THREADS_REDIS_URL | redis://127.0.0.1:6379/0 | the hot tier |
+| AGENT_THREADS_COLD_URL | file://./.agent-threads/cold | s3://bucket/prefix or file:///path |
+| AGENT_THREADS_S3_ENDPOINT_URL | (AWS) | e.g. http://minio:9000 |
+| AGENT_THREADS_S3_REGION | us-east-1 | |
+| AGENT_THREADS_NAMESPACE | at | hot-tier key prefix (one per tenant/app) |
+| AGENT_THREADS_TTL_SECONDS | 86400 | hot-tier expiry, refreshed on every write |
+| AGENT_THREADS_LEASE_TTL_MS | 900000 | how long one agent turn may hold a thread |
+| AGENT_THREADS_IDLE_SECONDS | 1800 | flush_idle archives threads idle this long |
+| AGENT_THREADS_FLUSH_IDLE_EVERY | 60 | beat period of threads.flush_idle (seconds) |
+| AGENT_THREADS_VISIBILITY_TIMEOUT | 3600 | Redis broker redelivery delay, see below |
+| AGENT_THREADS_QUEUE | agent-threads | the queue of the threads.* tasks |
+| AGENT_THREADS_IMPORTS | (none) | comma-separated modules with your agent tasks |
+
+``visibility_timeout``: with ``acks_late`` a message is acknowledged only after its
+task finished; if a worker dies, the Redis broker hands the message to another
+worker once it has been unacknowledged this long. It must be longer than the
+longest task (an agent turn's ``run`` step, including its retries' countdowns);
+otherwise a task still running is delivered a second time (harmless for the
+idempotent threads.* tasks, but it doubles the cost of a model call).
 """
 
 from __future__ import annotations
 
 import os
 
-broker_url = os.environ.get("AGENT_THREADS_BROKER_URL", "redis://127.0.0.1:6379/0")
-result_backend = os.environ.get("AGENT_THREADS_RESULT_BACKEND", broker_url)
 
-# JSON only: a pickled message must never be executed.
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"AGENT_THREADS_{name}", default)
+
+
+broker_url = _env("BROKER_URL", "redis://127.0.0.1:6379/1")
+result_backend = _env("RESULT_BACKEND", "redis://127.0.0.1:6379/2")
+broker_connection_retry_on_startup = True
+broker_transport_options = {"visibility_timeout": int(_env("VISIBILITY_TIMEOUT", "3600"))}
+
+# JSON only, in and out: a pickled message is rejected, never executed.
 task_serializer = "json"
 result_serializer = "json"
 accept_content = ["json"]
 result_accept_content = ["json"]
+result_extended = True  # keep task names and arguments with results (CLI, demo timings)
+result_expires = 24 * 3600
 
 # Redelivery after a worker crash: acknowledge after the task ran, one message at a time.
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
+worker_cancel_long_running_tasks_on_connection_loss = True
+
+threads_queue = _env("QUEUE", "agent-threads")
+task_default_queue = "celery"
+task_routes = {"threads.*": {"queue": threads_queue}}
+imports = (
+    "tasks.threads",
+    "tasks.demo",
+    *(m.strip() for m in _env("IMPORTS", "").split(",") if m.strip()),
+)
+
+beat_schedule = {
+    "flush-idle-threads": {
+        "task": "threads.flush_idle",
+        "schedule": float(_env("FLUSH_IDLE_EVERY", "60")),
+    },
+}
+
+# agent-threads' own settings (read by tasks/app.py)
+agent_threads = {
+    "redis_url": _env("REDIS_URL", "redis://127.0.0.1:6379/0"),
+    "cold_url": _env("COLD_URL", "file://./.agent-threads/cold"),
+    "s3_endpoint_url": _env("S3_ENDPOINT_URL", "") or None,
+    "s3_region": _env("S3_REGION", "us-east-1"),
+    "namespace": _env("NAMESPACE", "at"),
+    "ttl_seconds": int(_env("TTL_SECONDS", str(24 * 3600))),
+    "lease_ttl_ms": int(_env("LEASE_TTL_MS", str(15 * 60 * 1000))),
+    "idle_seconds": int(_env("IDLE_SECONDS", str(30 * 60))),
+}

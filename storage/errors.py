@@ -3,6 +3,10 @@
 Every error names the thread (where there is one) and says what to do about it.
 ``transient`` tells a retry policy (the Celery base task) whether trying the
 same call again later can succeed; permanent errors must fail at once.
+
+Errors built from fields keep those fields as ``args`` and format the message in
+``__str__``, so ``type(e)(*e.args)`` rebuilds the same error: that is how
+Celery's JSON result backend carries an error back to the caller.
 """
 
 from __future__ import annotations
@@ -26,16 +30,24 @@ class ThreadNotFound(AgentThreadsError, LookupError):
     """The thread does not exist in the tier that was asked."""
 
     def __init__(self, thread_id: str, hint: str = "create it or hydrate it first") -> None:
-        super().__init__(f"thread {thread_id!r} not found; {hint}")
+        super().__init__(thread_id, hint)
         self.thread_id = thread_id
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"thread {self.thread_id!r} not found; {self.hint}"
 
 
 class ThreadExists(AgentThreadsError):
     """The thread already exists with other content; nothing was overwritten."""
 
     def __init__(self, thread_id: str, detail: str) -> None:
-        super().__init__(f"thread {thread_id!r} already exists: {detail}")
+        super().__init__(thread_id, detail)
         self.thread_id = thread_id
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"thread {self.thread_id!r} already exists: {self.detail}"
 
 
 class LeaseHeld(AgentThreadsError):
@@ -44,27 +56,33 @@ class LeaseHeld(AgentThreadsError):
     transient = True
 
     def __init__(self, thread_id: str, holder: str, ttl_ms: int) -> None:
-        super().__init__(
-            f"thread {thread_id!r} is leased by {holder!r} for another {ttl_ms} ms; "
-            "retry later or wait for that turn to finish"
-        )
+        super().__init__(thread_id, holder, ttl_ms)
         self.thread_id = thread_id
         self.holder = holder
         self.ttl_ms = ttl_ms
+
+    def __str__(self) -> str:
+        return (
+            f"thread {self.thread_id!r} is leased by {self.holder!r} for another "
+            f"{self.ttl_ms} ms; retry later or wait for that turn to finish"
+        )
 
 
 class LeaseLost(AgentThreadsError):
     """The caller wrote as a lease owner but no longer holds the lease; nothing was written."""
 
     def __init__(self, thread_id: str, owner: str, holder: str | None) -> None:
-        now = f"it is held by {holder!r}" if holder else "it has expired or was released"
-        super().__init__(
-            f"owner {owner!r} does not hold the lease on thread {thread_id!r} ({now}); "
-            "nothing was written; re-acquire the lease before writing"
-        )
+        super().__init__(thread_id, owner, holder)
         self.thread_id = thread_id
         self.owner = owner
         self.holder = holder
+
+    def __str__(self) -> str:
+        now = f"it is held by {self.holder!r}" if self.holder else "it has expired or was released"
+        return (
+            f"owner {self.owner!r} does not hold the lease on thread {self.thread_id!r} "
+            f"({now}); nothing was written; re-acquire the lease before writing"
+        )
 
 
 class SnapshotCorrupt(AgentThreadsError):

@@ -8,8 +8,9 @@ refused call writes nothing.
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from functools import cache
 from importlib import resources
@@ -194,7 +195,8 @@ class HotStore:
         return bool(self._checked(thread_id, reply)[1])
 
     def exists(self, thread_id: str) -> bool:
-        return bool(self.redis.exists(self.keys(thread_id).meta))
+        meta = self.keys(thread_id).meta
+        return bool(self._redis_call(lambda: self.redis.exists(meta)))
 
     def delete(self, thread_id: str) -> bool:
         """Delete every hot key of the thread; True if it existed. Idempotent."""
@@ -380,6 +382,39 @@ class HotStore:
         keys = self.keys(thread_id)
         validate_message_id(owner, self.limits, what="lease owner")
         return bool(self._call("release_lease", keys.data, [owner]))
+
+    # -- activity index (one ZSET per namespace, outside the threads' slots) ------
+
+    def mark_active(self, thread_id: str, at_ms: int | None = None) -> None:
+        """Record activity on a thread (now, by default) in the namespace's index."""
+        at = time.time() * 1000 if at_ms is None else at_ms
+        self._redis_call(lambda: self.redis.zadd(self.layout.activity, {thread_id: int(at)}))
+
+    def forget_activity(self, thread_id: str) -> None:
+        self._redis_call(lambda: self.redis.zrem(self.layout.activity, thread_id))
+
+    def idle_threads(self, idle_ms: int, limit: int = 1000) -> list[tuple[str, int]]:
+        """Threads whose last recorded activity is older than ``idle_ms``, oldest first."""
+        cutoff = int(time.time() * 1000) - idle_ms
+        found = self._redis_call(
+            lambda: self.redis.zrangebyscore(
+                self.layout.activity, "-inf", cutoff, start=0, num=limit, withscores=True
+            )
+        )
+        return [(_text(tid), int(score)) for tid, score in found]
+
+    def active_threads(self, limit: int = 100) -> list[tuple[str, int]]:
+        """The most recently active threads, newest first."""
+        found = self._redis_call(
+            lambda: self.redis.zrevrange(self.layout.activity, 0, limit - 1, withscores=True)
+        )
+        return [(_text(tid), int(score)) for tid, score in found]
+
+    def _redis_call(self, action: Callable[[], Any]) -> Any:
+        try:
+            return action()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise HotStoreUnavailable(f"Redis unavailable: {exc}") from exc
 
     # -- tiering (the hot halves of Threads.flush / Threads.hydrate) -----------
 

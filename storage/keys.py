@@ -132,3 +132,9 @@ class KeyLayout:
 
     def thread(self, thread_id: str) -> ThreadKeys:
         return ThreadKeys(self.namespace, thread_id)
+
+    @property
+    def activity(self) -> str:
+        """ZSET thread id -> last activity (ms) of the namespace's hot threads, kept by
+        ``Threads``; ``flush_idle`` reads it instead of scanning keys."""
+        return f"{self.namespace}:activity"

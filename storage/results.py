@@ -121,3 +121,16 @@ class HydrateResult:
     status: str
     version: int | None = None
     length: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IdleFlushReport:
+    """What ``Threads.flush_idle`` did with the idle candidates it found."""
+
+    candidates: int
+    evicted: tuple[str, ...]
+    """Archived (if changed) and removed from Redis, or already gone."""
+    kept: tuple[str, ...]
+    """Still hot: a turn holds the lease, or the thread was written meanwhile."""
+    failed: tuple[str, ...]
+    """``"<thread id>: <error>"`` for flushes that failed; retried on the next run."""

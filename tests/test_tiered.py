@@ -302,3 +302,40 @@ def test_delete_of_evicted_thread_removes_marker_so_the_id_can_be_reused(
     assert threads.delete("t1") is True
     assert redis_client.dbsize() == 0
     threads.hot.create("t1")
+
+
+# -- idle flush ----------------------------------------------------------------------------
+
+
+def test_flush_idle_evicts_idle_threads_and_keeps_busy_ones(
+    threads: Threads, redis_client: redis.Redis
+) -> None:
+    for tid in ("idle-1", "idle-2", "busy", "leased"):
+        make_thread(threads, tid)
+    threads.acquire_lease("leased", "turn-1", 60_000)
+    old = 1_000  # ms since the epoch: long ago
+    for tid in ("idle-1", "idle-2", "leased"):
+        threads.hot.mark_active(tid, at_ms=old)
+    report = threads.flush_idle(idle_seconds=60)
+    assert report.candidates == 3
+    assert sorted(report.evicted) == ["idle-1", "idle-2"]
+    assert report.kept == ("leased",)
+    assert report.failed == ()
+    assert not threads.hot.exists("idle-1")
+    assert threads.hot.exists("busy")
+    assert threads.hot.exists("leased")
+    active = dict(threads.hot.active_threads())
+    assert set(active) == {"busy", "leased"}
+    assert threads.flush_idle(idle_seconds=60).candidates == 0
+    assert [m["id"] for m in threads.load("idle-1")] == ["m0", "m1", "m2"]
+
+
+def test_activity_index_follows_writes_evictions_and_deletes(threads: Threads) -> None:
+    make_thread(threads)
+    assert [tid for tid, _ in threads.hot.active_threads()] == ["t1"]
+    threads.flush("t1")
+    assert threads.hot.active_threads() == []
+    threads.hydrate("t1")
+    assert [tid for tid, _ in threads.hot.active_threads()] == ["t1"]
+    threads.delete("t1")
+    assert threads.hot.active_threads() == []

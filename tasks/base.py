@@ -1,0 +1,63 @@
+"""ThreadTask: the retry policy of every agent-threads task, in one place.
+
+* ``acks_late`` + ``reject_on_worker_lost``: a task whose worker dies is delivered
+  again (every threads.* task is idempotent, so that is harmless).
+* transient errors (Redis or S3 unreachable, a lost compare-and-swap, a lease held
+  by another turn) are retried with exponential backoff and full jitter, a bounded
+  number of times; then the typed error is what the caller sees.
+* every other error (invalid input, unknown thread, corrupt snapshot, a lost
+  lease, ...) fails at once with its message; it would fail the same way again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from celery import Task
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from storage.errors import (
+    AgentThreadsError,
+    ColdStoreConflict,
+    ColdStoreUnavailable,
+    HotStoreUnavailable,
+    LeaseHeld,
+)
+from storage.tiered import Threads
+from tasks import app as app_module
+
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    HotStoreUnavailable,
+    ColdStoreUnavailable,
+    ColdStoreConflict,
+    LeaseHeld,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
+
+
+class ThreadTask(Task[Any, Any]):
+    """Base class of the threads.* tasks (and a good base for your agent tasks)."""
+
+    acks_late = True
+    reject_on_worker_lost = True
+    autoretry_for = TRANSIENT_ERRORS
+    retry_backoff = 1  # seconds: 1, 2, 4, ... capped below, each with full jitter
+    retry_backoff_max = 30
+    retry_jitter = True
+    max_retries = 8
+    # expected failures are logged without a traceback
+    throws = (AgentThreadsError,)
+
+    @property
+    def threads(self) -> Threads:
+        return app_module.threads()
+
+
+def to_json(result: Any) -> Any:
+    """A storage result (frozen dataclass) as plain JSON."""
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+        return dataclasses.asdict(result)
+    return result

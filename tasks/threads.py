@@ -1,0 +1,130 @@
+"""The thread tasks (names are public and stable; JSON in, JSON out).
+
+Each task validates, calls ``storage.Threads`` once and returns plain JSON. Every
+task is idempotent, so a redelivery after a worker crash or a retry is harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from celery import Task
+from celery.utils.log import get_task_logger
+
+from storage.records import JSON
+from tasks.app import app, settings
+from tasks.base import ThreadTask, to_json
+
+log = get_task_logger(__name__)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def thread_task(
+    name: str, **options: Any
+) -> Callable[[Callable[Concatenate[ThreadTask, P], R]], Task[P, R]]:
+    """Register a bound task under its public name with the ThreadTask retry policy."""
+    decorator: Callable[[Callable[Concatenate[ThreadTask, P], R]], Task[P, R]] = app.task(
+        name=name, base=ThreadTask, bind=True, **options
+    )
+    return decorator
+
+
+@thread_task("threads.create")
+def create(
+    self: ThreadTask,
+    thread_id: str,
+    state: dict[str, Any] | None = None,
+    owner: str | None = None,
+) -> JSON:
+    """Create a new thread ("created"); its redelivery finds it ("existing").
+    ``ThreadExists`` if another caller's thread has this id, hot or cold."""
+    status = self.threads.open(thread_id, "new", state=state, owner=owner or self.request.id)
+    return {"thread_id": thread_id, "status": status}
+
+
+@thread_task("threads.append")
+def append(
+    self: ThreadTask, thread_id: str, messages: list[dict[str, Any]], owner: str | None = None
+) -> JSON:
+    result = to_json(self.threads.append(thread_id, messages, owner=owner))
+    return {"thread_id": thread_id, **result}
+
+
+@thread_task("threads.load")
+def load(self: ThreadTask, thread_id: str, start: int = 0, stop: int = -1) -> JSON:
+    messages: Any = self.threads.load(thread_id, start, stop)
+    return {"thread_id": thread_id, "messages": messages}
+
+
+@thread_task("threads.save_state")
+def save_state(self: ThreadTask, thread_id: str, state: dict[str, Any]) -> JSON:
+    return {"thread_id": thread_id, "version": self.threads.save_state(thread_id, state)}
+
+
+@thread_task("threads.load_state")
+def load_state(self: ThreadTask, thread_id: str) -> JSON:
+    return {"thread_id": thread_id, "state": self.threads.load_state(thread_id)}
+
+
+@thread_task("threads.fork")
+def fork(self: ThreadTask, source_id: str, thread_id: str, up_to_id: str | None = None) -> JSON:
+    """Fork ``source_id`` (hydrating it if cold) into ``thread_id``: "forked", or
+    "existing" when that fork was already made (a redelivery)."""
+    status = self.threads.open(thread_id, "fork", source=source_id, up_to_id=up_to_id)
+    return {"thread_id": thread_id, "source_id": source_id, "status": status}
+
+
+@thread_task("threads.truncate")
+def truncate(self: ThreadTask, thread_id: str, message_id: str) -> JSON:
+    return {"thread_id": thread_id, **to_json(self.threads.truncate_from(thread_id, message_id))}
+
+
+@thread_task("threads.replace")
+def replace(self: ThreadTask, thread_id: str, messages: list[dict[str, Any]]) -> JSON:
+    return {"thread_id": thread_id, **to_json(self.threads.replace_all(thread_id, messages))}
+
+
+@thread_task("threads.hydrate")
+def hydrate(self: ThreadTask, thread_id: str) -> JSON:
+    return {"thread_id": thread_id, **to_json(self.threads.hydrate(thread_id))}
+
+
+@thread_task("threads.flush")
+def flush(
+    self: ThreadTask, thread_id: str, evict: bool = True, release_owner: str | None = None
+) -> JSON:
+    result = self.threads.flush(thread_id, evict=evict, release_owner=release_owner)
+    return {"thread_id": thread_id, **to_json(result)}
+
+
+@thread_task("threads.delete")
+def delete(self: ThreadTask, thread_id: str) -> JSON:
+    return {"thread_id": thread_id, "deleted": self.threads.delete(thread_id)}
+
+
+# A turn may wait behind another turn for minutes: more, longer retries than the
+# default policy (LeaseHeld is transient).
+@thread_task("threads.acquire_lease", max_retries=60, retry_backoff_max=20)
+def acquire_lease(self: ThreadTask, thread_id: str, owner: str, ttl_ms: int | None = None) -> JSON:
+    lease = self.threads.acquire_lease(thread_id, owner, ttl_ms or settings()["lease_ttl_ms"])
+    return {"thread_id": thread_id, **to_json(lease)}
+
+
+@thread_task("threads.release_lease")
+def release_lease(self: ThreadTask, thread_id: str, owner: str) -> JSON:
+    return {"thread_id": thread_id, "released": self.threads.release_lease(thread_id, owner)}
+
+
+@thread_task("threads.flush_idle")
+def flush_idle(self: ThreadTask, idle_seconds: float | None = None, limit: int = 1000) -> JSON:
+    """Beat task: archive and evict threads idle longer than ``idle_seconds``."""
+    idle = settings()["idle_seconds"] if idle_seconds is None else idle_seconds
+    report = self.threads.flush_idle(idle, limit=limit)
+    if report.failed:
+        log.warning("flush_idle: %d threads failed: %s", len(report.failed), report.failed)
+    summary: JSON = to_json(report)
+    return summary

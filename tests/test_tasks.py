@@ -1,0 +1,278 @@
+"""The threads.* tasks and agent_turn through a real embedded Celery worker.
+
+Broker, result backend and hot tier are the session's real redis-server; the cold
+tier is moto's S3 server over HTTP.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from celery.result import AsyncResult
+
+from storage import InvalidMessage, ThreadExists, ThreadNotFound
+from storage.cold import S3ColdStore
+from storage.tiered import Threads
+from tasks.app import threads as worker_threads
+from tasks.client import ThreadClient
+from tasks.turns import agent_turn
+from tests.conftest import msg
+
+TIMEOUT = 60
+
+
+@pytest.fixture
+def app(celery_stack: Celery, redis_client: redis.Redis) -> Iterator[Celery]:
+    """The configured app, with an empty hot tier (db 0 flushed) and an empty bucket."""
+    cold = worker_threads().cold
+    assert isinstance(cold, S3ColdStore)
+    listed = cold.client.list_objects_v2(Bucket=cold.bucket).get("Contents", [])
+    for item in listed:
+        cold.client.delete_object(Bucket=cold.bucket, Key=item["Key"])
+    return celery_stack
+
+
+@pytest.fixture
+def client(app: Celery) -> ThreadClient:
+    return ThreadClient(app)
+
+
+@pytest.fixture
+def store(app: Celery) -> Threads:
+    """The same storage the worker uses, for checking results."""
+    return worker_threads()
+
+
+def run(app: Celery, name: str, **kwargs: Any) -> Any:
+    return app.signature(name, kwargs=kwargs).apply_async().get(timeout=TIMEOUT)
+
+
+def fails_with(result: AsyncResult[Any], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        result.get(timeout=TIMEOUT)
+    assert result.retries == 0, "a permanent error must not be retried"
+
+
+# -- every task ------------------------------------------------------------------------
+
+
+def test_create_is_idempotent_for_its_owner_and_refuses_others(
+    app: Celery, client: ThreadClient
+) -> None:
+    assert client.create("t1", state={"a": 1}, owner="req-1").get(timeout=TIMEOUT)["status"] == (
+        "created"
+    )
+    assert client.create("t1", owner="req-1").get(timeout=TIMEOUT)["status"] == "existing"
+    fails_with(client.create("t1", owner="req-2"), ThreadExists, "already exists")
+
+
+def test_append_load_and_redelivery(client: ThreadClient, store: Threads) -> None:
+    client.create("t1").get(timeout=TIMEOUT)
+    first = client.append("t1", [msg("m1"), msg("m2")]).get(timeout=TIMEOUT)
+    assert first["appended_ids"] == ["m1", "m2"]
+    again = client.append("t1", [msg("m2"), msg("m3")]).get(timeout=TIMEOUT)
+    assert (again["appended_ids"], again["skipped_ids"]) == (["m3"], ["m2"])
+    loaded = client.load("t1").get(timeout=TIMEOUT)
+    assert [m["id"] for m in loaded["messages"]] == ["m1", "m2", "m3"]
+    assert store.load("t1") == loaded["messages"]
+
+
+def test_permanent_errors_fail_at_once_with_the_typed_error(
+    app: Celery, client: ThreadClient
+) -> None:
+    fails_with(client.append("nope", [msg("m1")]), ThreadNotFound, "'nope' not found")
+    client.create("t1").get(timeout=TIMEOUT)
+    bad = app.signature("threads.append", kwargs={"thread_id": "t1", "messages": [{"id": ""}]})
+    fails_with(bad.apply_async(), InvalidMessage, "message")
+    fails_with(client.send("load", thread_id="a/b"), Exception, "invalid thread id")
+
+
+def test_state_fork_truncate_replace_delete_tasks(app: Celery, store: Threads) -> None:
+    run(app, "threads.create", thread_id="t1")
+    run(app, "threads.append", thread_id="t1", messages=[msg("m1"), msg("m2"), msg("m3")])
+    assert run(app, "threads.save_state", thread_id="t1", state={"plan": [1]})["version"] > 0
+    assert run(app, "threads.load_state", thread_id="t1")["state"] == {"plan": [1]}
+    forked = run(app, "threads.fork", source_id="t1", thread_id="f1", up_to_id="m2")
+    assert forked["status"] == "forked"
+    assert run(app, "threads.fork", source_id="t1", thread_id="f1", up_to_id="m2")["status"] == (
+        "existing"
+    )
+    assert run(app, "threads.truncate", thread_id="t1", message_id="m2")["removed_ids"] == [
+        "m2",
+        "m3",
+    ]
+    assert run(app, "threads.replace", thread_id="f1", messages=[msg("s")])["changed"] is True
+    assert [m["id"] for m in store.load("t1")] == ["m1"]
+    assert [m["id"] for m in store.load("f1")] == ["s"]
+    assert run(app, "threads.delete", thread_id="f1")["deleted"] is True
+    assert run(app, "threads.delete", thread_id="f1")["deleted"] is False
+
+
+def test_flush_hydrate_and_flush_idle_tasks(app: Celery, store: Threads) -> None:
+    run(app, "threads.create", thread_id="t1")
+    run(app, "threads.append", thread_id="t1", messages=[msg("m1")])
+    flushed = run(app, "threads.flush", thread_id="t1")
+    assert (flushed["status"], flushed["evicted"]) == ("archived", True)
+    assert run(app, "threads.hydrate", thread_id="t1")["status"] == "restored"
+    assert run(app, "threads.hydrate", thread_id="t1")["status"] == "hot"
+    store.hot.mark_active("t1", at_ms=1)
+    report = run(app, "threads.flush_idle", idle_seconds=60)
+    assert report["evicted"] == ["t1"]
+    assert not store.hot.exists("t1")
+
+
+def test_lease_tasks_and_transient_lease_wait_is_retried(app: Celery, store: Threads) -> None:
+    run(app, "threads.create", thread_id="t1")
+    lease = run(app, "threads.acquire_lease", thread_id="t1", owner="turn-1", ttl_ms=1500)
+    assert lease["owner"] == "turn-1"
+    waiting = app.signature(
+        "threads.acquire_lease", kwargs={"thread_id": "t1", "owner": "turn-2", "ttl_ms": 60_000}
+    ).apply_async()
+    got = waiting.get(timeout=TIMEOUT)  # LeaseHeld is transient: retried until turn-1's expires
+    assert got["owner"] == "turn-2"
+    assert waiting.retries >= 1
+    assert run(app, "threads.release_lease", thread_id="t1", owner="turn-1")["released"] is False
+    assert run(app, "threads.release_lease", thread_id="t1", owner="turn-2")["released"] is True
+
+
+def test_transient_errors_are_retried_then_succeed(app: Celery, store: Threads) -> None:
+    run(app, "threads.create", thread_id="t1")
+    run(app, "threads.acquire_lease", thread_id="t1", owner="turn-1")
+    result = app.signature(
+        "test.flaky_agent", kwargs={"thread_id": "t1", "turn_id": "turn-1", "failures": 2}
+    ).apply_async()
+    assert result.get(timeout=TIMEOUT) == {"attempts": 3}
+    assert result.retries == 2
+    assert [m["id"] for m in store.load("t1")] == ["turn-1:reply"]
+
+
+# -- agent_turn --------------------------------------------------------------------------
+
+
+def ids(store: Threads, thread_id: str) -> list[str]:
+    return [m["id"] for m in store.load(thread_id)]
+
+
+def test_agent_turns_new_continue_and_fork_end_to_end(app: Celery, store: Threads) -> None:
+    agent = app.signature("test.echo_agent")
+    first = agent_turn("t1", [msg("u1")], agent, turn_id="turn-1", mode="new", app=app)
+    flushed = first.apply_async().get(timeout=TIMEOUT)
+    assert (flushed["status"], flushed["evicted"]) == ("archived", True)
+    assert not store.hot.exists("t1")  # archived and evicted after the turn
+    second = agent_turn("t1", [msg("u2")], agent, turn_id="turn-2", app=app)
+    second.apply_async().get(timeout=TIMEOUT)
+    assert ids(store, "t1") == ["u1", "turn-1:reply", "u2", "turn-2:reply"]
+    fork = agent_turn(
+        "t1-b",
+        [msg("u2-alt")],
+        agent,
+        turn_id="turn-3",
+        mode="fork",
+        source="t1",
+        up_to_id="turn-1:reply",
+    )
+    fork.apply_async().get(timeout=TIMEOUT)
+    assert ids(store, "t1-b") == ["u1", "turn-1:reply", "u2-alt", "turn-3:reply"]
+    assert store.hot.info("t1-b").parent == "t1"
+    assert store.hot.info("t1-b").lease_owner is None
+
+
+def test_a_failed_run_still_flushes_releases_and_reports_the_original_error(
+    app: Celery, store: Threads, redis_client: redis.Redis
+) -> None:
+    agent_turn(
+        "t1", [msg("u1")], app.signature("test.echo_agent"), turn_id="turn-1", mode="new"
+    ).apply_async().get(timeout=TIMEOUT)
+    turn = agent_turn("t1", [msg("u2")], app.signature("test.failing_agent"), turn_id="turn-2")
+    result = turn.apply_async()
+    with pytest.raises(ValueError, match="model exploded in turn turn-2"):
+        result.get(timeout=TIMEOUT)
+    deadline = time.monotonic() + TIMEOUT  # the error callback runs after the failure
+    while store.hot.exists("t1") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not store.hot.exists("t1"), "the error path did not flush and evict the thread"
+    assert ids(store, "t1") == ["u1", "turn-1:reply", "u2"]  # the user message was saved
+    assert store.hot.info("t1").lease_owner is None  # and the lease released
+    store.acquire_lease("t1", "turn-3", 1000)  # so the next turn can run at once
+
+
+def test_turn_input_is_validated_before_anything_is_sent(app: Celery) -> None:
+    agent = app.signature("test.echo_agent")
+    with pytest.raises(InvalidMessage):
+        agent_turn("t1", [{"id": "u 1", "body": {}}], agent, turn_id="turn-1")
+    with pytest.raises(InvalidMessage, match="turn id"):
+        agent_turn("t1", [msg("u1")], agent, turn_id="")
+    with pytest.raises(ValueError, match="source"):
+        agent_turn("t1", [msg("u1")], agent, turn_id="turn-1", mode="fork")
+
+
+def test_two_concurrent_turns_on_one_thread_are_serialised_by_the_lease(
+    app: Celery, store: Threads, redis_client: redis.Redis
+) -> None:
+    store.open("t1", "new")
+    agent = app.signature("test.echo_agent", kwargs={"think_ms": 600})
+    results = [
+        agent_turn("t1", [msg(f"u-{n}")], agent, turn_id=f"turn-{n}", app=app).apply_async()
+        for n in ("a", "b")
+    ]
+    for result in results:
+        result.get(timeout=TIMEOUT)
+    stored = ids(store, "t1")
+    assert sorted(stored) == ["turn-a:reply", "turn-b:reply", "u-a", "u-b"]
+    # each turn's user message is followed by its own reply: no interleaving
+    for n in ("a", "b"):
+        assert stored[stored.index(f"u-{n}") + 1] == f"turn-{n}:reply"
+    assert store.hot.info("t1").lease_owner is None
+
+
+def test_turns_on_three_threads_in_parallel_do_not_interfere(app: Celery, store: Threads) -> None:
+    agent = app.signature("test.echo_agent", kwargs={"think_ms": 100})
+    results = []
+    for tid in ("x", "y", "z"):
+        results.append(
+            agent_turn(tid, [msg(f"{tid}-u1")], agent, turn_id=f"{tid}-1", mode="new").apply_async()
+        )
+    for result in results:
+        result.get(timeout=TIMEOUT)
+    follow_ups = [
+        agent_turn(tid, [msg(f"{tid}-u2")], agent, turn_id=f"{tid}-2").apply_async()
+        for tid in ("x", "y", "z")
+    ]
+    for result in follow_ups:
+        result.get(timeout=TIMEOUT)
+    for tid in ("x", "y", "z"):
+        assert ids(store, tid) == [f"{tid}-u1", f"{tid}-1:reply", f"{tid}-u2", f"{tid}-2:reply"]
+
+
+def test_client_turn_and_concurrent_appends_from_many_producers(
+    app: Celery, client: ThreadClient, store: Threads
+) -> None:
+    client.create("t1").get(timeout=TIMEOUT)
+    errors: list[BaseException] = []
+
+    def producer(p: int) -> None:
+        try:
+            for i in range(15):
+                client.append("t1", [msg(f"p{p}-{i:02d}")]).get(timeout=TIMEOUT)
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=producer, args=(p,)) for p in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=TIMEOUT)
+    assert not errors
+    stored = ids(store, "t1")
+    assert len(stored) == 45
+    for p in range(3):
+        own = [i for i in stored if i.startswith(f"p{p}-")]
+        assert own == sorted(own)
+    turn = client.turn("t1", [msg("u1")], app.signature("test.echo_agent"), turn_id="turn-1")
+    assert turn.get(timeout=TIMEOUT)["evicted"] is True
