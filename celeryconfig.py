@@ -15,7 +15,9 @@ variable (``AGENT_THREADS_*``); this module and the CLI are the only places that
 | AGENT_THREADS_IDLE_SECONDS | 1800 | flush_idle archives threads idle this long |
 | AGENT_THREADS_FLUSH_IDLE_EVERY | 60 | beat period of threads.flush_idle (seconds) |
 | AGENT_THREADS_VISIBILITY_TIMEOUT | 3600 | Redis broker redelivery delay, see below |
+| AGENT_THREADS_RESTORE_INTERVAL | 10 | seconds between sweeps for tasks of dead workers |
 | AGENT_THREADS_QUEUE | agent-threads | the queue of the threads.* tasks |
+| AGENT_THREADS_DEFAULT_QUEUE | celery | the queue of other tasks (your agent tasks) |
 | AGENT_THREADS_IMPORTS | (none) | comma-separated modules with your agent tasks |
 
 ``visibility_timeout``: with ``acks_late`` a message is acknowledged only after its
@@ -38,7 +40,15 @@ def _env(name: str, default: str) -> str:
 broker_url = _env("BROKER_URL", "redis://127.0.0.1:6379/1")
 result_backend = _env("RESULT_BACKEND", "redis://127.0.0.1:6379/2")
 broker_connection_retry_on_startup = True
-broker_transport_options = {"visibility_timeout": int(_env("VISIBILITY_TIMEOUT", "3600"))}
+_visibility_timeout = int(_env("VISIBILITY_TIMEOUT", "3600"))
+broker_transport_options = {
+    "visibility_timeout": _visibility_timeout,
+    # sweep for tasks of dead workers every N seconds (kombu's default is ~100 s)
+    "unacked_restore_interval": int(_env("RESTORE_INTERVAL", "10")),
+    "unacked_restore_throttle": 1,
+    # a worker killed during a sweep holds the sweep lock until it expires
+    "unacked_mutex_expire": min(300, max(5, _visibility_timeout)),
+}
 
 # JSON only, in and out: a pickled message is rejected, never executed.
 task_serializer = "json"
@@ -55,7 +65,7 @@ worker_prefetch_multiplier = 1
 worker_cancel_long_running_tasks_on_connection_loss = True
 
 threads_queue = _env("QUEUE", "agent-threads")
-task_default_queue = "celery"
+task_default_queue = _env("DEFAULT_QUEUE", "celery")
 task_routes = {"threads.*": {"queue": threads_queue}}
 imports = (
     "tasks.threads",

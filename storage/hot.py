@@ -374,6 +374,8 @@ class HotStore:
         reply = self._call("acquire_lease", keys.data, [owner, int(ttl_ms)])
         if _text(reply[0]) == "held":
             raise LeaseHeld(thread_id, _text(reply[1]), int(reply[2]))
+        if _text(reply[0]) == "finished":
+            return Lease(owner=owner, ttl_ms=0, renewed=False, finished=True)
         _, renewed = self._checked(thread_id, reply)
         return Lease(owner=owner, ttl_ms=int(ttl_ms), renewed=bool(renewed))
 
@@ -461,6 +463,7 @@ class HotStore:
             ids=tuple(i for i in ids if i is not None),
             records=records,
             retired_ids=tuple(sorted(retired)),
+            finished_turns=tuple(sorted(_text(t) for t in reply[5])),
         )
         return replace(source, snapshot=snapshot)
 
@@ -492,7 +495,9 @@ class HotStore:
         holder = _text(reply[2]) if outcome == "kept" else ""
         return FlushCommit(outcome, int(reply[1]), holder or None)
 
-    def restore(self, snapshot: Snapshot, etag: str, *, chunk_size: int = 2000) -> str:
+    def restore(
+        self, snapshot: Snapshot, etag: str, *, chunk_size: int = 2000, pin_ms: int = 0
+    ) -> str:
         """Make ``snapshot`` the hot thread atomically: "restored", "hot" (already
         hot, nothing written), "stale" (older than the archive last evicted here)
         or "incomplete" (staging expired; start over).
@@ -500,6 +505,7 @@ class HotStore:
         Up to ``chunk_size`` records go in the one restore script; larger threads
         are staged in chunks under keys no reader looks at, then swapped in by
         the restore script, so a reader never sees a half-restored thread.
+        ``pin_ms`` keeps the restored thread from eviction that long.
         """
         keys = self.keys(snapshot.thread_id)
         staging = keys.staging(uuid.uuid4().hex)
@@ -519,6 +525,9 @@ class HotStore:
             snapshot.creator or "",
             "1" if state else "0",
             state,
+            pin_ms,
+            len(snapshot.finished_turns),
+            *snapshot.finished_turns,
         ]
         if count <= chunk_size:
             args = [*header, *snapshot.ids, *snapshot.records, *snapshot.retired_ids]

@@ -111,6 +111,11 @@ class ThreadKeys:
         stale hydrate can never restore an older archive over a newer one."""
         return self._key("archived")
 
+    @property
+    def turns(self) -> str:
+        """HASH lease owner -> finished ms: turns that ended and may not take the lease again."""
+        return self._key("turns")
+
     def staging(self, token: str) -> list[str]:
         """LIST and HASH a large hydrate fills in chunks before one script swaps them in."""
         return [self._key(f"staging:{token}:msgs"), self._key(f"staging:{token}:ids")]
@@ -118,7 +123,7 @@ class ThreadKeys:
     @property
     def data(self) -> list[str]:
         """The keys a script receives, in the fixed order every script expects."""
-        return [self.meta, self.msgs, self.ids, self.state, self.lease, self.archived]
+        return [self.meta, self.msgs, self.ids, self.state, self.lease, self.archived, self.turns]
 
 
 @dataclass(frozen=True, slots=True)

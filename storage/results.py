@@ -55,9 +55,13 @@ class StateResult:
 
 @dataclass(frozen=True, slots=True)
 class Lease:
+    """``finished``: this owner's turn already ended, so nothing was acquired (a late
+    duplicate of a finished turn must not block the thread)."""
+
     owner: str
     ttl_ms: int
     renewed: bool
+    finished: bool = False
 
 
 @dataclass(frozen=True, slots=True)

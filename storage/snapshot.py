@@ -6,7 +6,7 @@ file | jq`` reads it):
 1. header: ``{"format": "agent-threads/snapshot", "schema": 1, "thread_id",
    "namespace", "version", "epoch", "created_ms", "updated_ms", "parent",
    "fork_point", "creator", "count", "checksum": "sha256:<hex>"}``
-2. index: ``{"state": {...}, "ids": [...], "retired_ids": [...]}``
+2. index: ``{"state": {...}, "ids": [...], "retired_ids": [...], "turns": [...]}``
 3. ``count`` records ``{"id", "body"}``, one per line, byte for byte as stored in Redis.
 
 The checksum covers the header (without its checksum field) and everything
@@ -59,6 +59,8 @@ class Snapshot:
     """Encoded ``{"id", "body"}`` records, exactly as stored in Redis."""
     retired_ids: tuple[str, ...] = ()
     """Ids removed by ``replace_all``; still deduplicated after a hydrate."""
+    finished_turns: tuple[str, ...] = ()
+    """Lease owners (turn ids) whose turn ended; they can never take the lease again."""
 
     def messages(self) -> list[Message]:
         return decode_records(self.records)
@@ -97,7 +99,12 @@ def encode_snapshot(
 ) -> bytes:
     """Serialise and compress; records are concatenated as they are, not re-encoded."""
     index = _dumps(
-        {"state": snapshot.state, "ids": snapshot.ids, "retired_ids": snapshot.retired_ids}
+        {
+            "state": snapshot.state,
+            "ids": snapshot.ids,
+            "retired_ids": snapshot.retired_ids,
+            "turns": snapshot.finished_turns,
+        }
     )
     payload = b"\n".join((index, *snapshot.records))
     header: dict[str, Any] = {
@@ -206,6 +213,10 @@ def decode_snapshot(
             raise SnapshotCorrupt("ids and retired_ids must be lists")
         ids = tuple(validate_message_id(i) for i in index["ids"])
         retired = tuple(validate_message_id(i) for i in index["retired_ids"])
+        turns = index.get("turns", [])
+        if not isinstance(turns, list):
+            raise SnapshotCorrupt("turns must be a list")
+        finished_turns = tuple(validate_message_id(t, what="turn id") for t in turns)
         state = index["state"]
         encode_state(state)
     except (ValueError, KeyError, TypeError, AgentThreadsError) as exc:
@@ -251,6 +262,7 @@ def decode_snapshot(
             ids=ids,
             records=records,
             retired_ids=retired,
+            finished_turns=finished_turns,
         )
     except AgentThreadsError as exc:
         if isinstance(exc, SnapshotCorrupt):

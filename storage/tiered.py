@@ -51,24 +51,38 @@ OpenMode = Literal["new", "continue", "fork"]
 
 _CAS_ATTEMPTS = 8
 _HYDRATE_ATTEMPTS = 5
+_TIER_ATTEMPTS = 20
+WRITE_PIN_MS = 1000
+"""Default ``write_pin_ms``: a thread hydrated in order to read or write it is not
+evicted for this long, so a flush racing that access cannot evict it again and
+again before the access lands."""
 
 
 class Threads:
     """Tiered threads: ``Threads(HotStore(redis), S3ColdStore(...))``."""
 
-    def __init__(self, hot: HotStore, cold: ColdStore, *, restore_chunk: int = 2000) -> None:
+    def __init__(
+        self,
+        hot: HotStore,
+        cold: ColdStore,
+        *,
+        restore_chunk: int = 2000,
+        write_pin_ms: int = WRITE_PIN_MS,
+    ) -> None:
         self.hot = hot
         self.cold = cold
         self.restore_chunk = restore_chunk
+        self.write_pin_ms = write_pin_ms
 
     # -- hot <-> cold ----------------------------------------------------------
 
-    def hydrate(self, thread_id: str) -> HydrateResult:
+    def hydrate(self, thread_id: str, *, pin_ms: int = 0) -> HydrateResult:
         """Make the thread hot: "hot" (it was), "restored" or "absent" (in no tier).
 
         Idempotent and safe to run concurrently: exactly one restore wins, the
         others see the thread hot. A corrupt snapshot raises ``SnapshotCorrupt``
-        and nothing is applied.
+        and nothing is applied. ``pin_ms`` keeps a restored thread from being
+        evicted that long (used when hydrating in order to write).
         """
         for _ in range(_HYDRATE_ATTEMPTS):
             if self.hot.exists(thread_id):
@@ -80,7 +94,7 @@ class Threads:
                 return HydrateResult("hot" if self.hot.exists(thread_id) else "absent")
             snapshot, etag = found
             self._check_namespace(snapshot)
-            outcome = self.hot.restore(snapshot, etag, chunk_size=self.restore_chunk)
+            outcome = self.hot.restore(snapshot, etag, chunk_size=self.restore_chunk, pin_ms=pin_ms)
             if outcome == "restored":
                 self.hot.mark_active(thread_id)
                 return HydrateResult("restored", snapshot.version, len(snapshot.records))
@@ -266,12 +280,13 @@ class Threads:
     # -- tier-transparent operations ---------------------------------------------
 
     def _hot(self, thread_id: str, action: Callable[[], T]) -> T:
-        """Run a hot-tier action; if the thread is cold, hydrate it and run again."""
-        for _ in range(_HYDRATE_ATTEMPTS):
+        """Run a hot-tier action; if the thread is cold, hydrate it and run again
+        (a flush may evict it again in between: bounded by _TIER_ATTEMPTS)."""
+        for _ in range(_TIER_ATTEMPTS):
             try:
                 return action()
             except ThreadNotFound:
-                if self.hydrate(thread_id).status == "absent":
+                if self.hydrate(thread_id, pin_ms=self.write_pin_ms).status == "absent":
                     raise
         return action()
 

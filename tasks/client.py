@@ -7,14 +7,23 @@ nothing here imports the task code, so a client needs only the Celery config.
     client.append("chat-42", [{"id": "u1", "body": {"role": "user", "content": "hi"}}])
     turn = client.turn("chat-42", [user_msg], my_agent.s(), turn_id="req-123")
     turn.get(timeout=120)   # the flush result, or the original error of the turn
+
+Waiting with re-sends (``call``, ``run_turn``): the Redis broker can lose a task
+message if a worker is killed in the instant between popping it (BRPOP) and
+recording it as unacknowledged (a Kombu limitation; RabbitMQ has no such gap).
+Every agent-threads task and every ``agent_turn`` is idempotent, so the client
+simply sends the same work again when no result arrived within ``resend_after``
+seconds: at-least-once delivery plus idempotent steps give exactly-once effects.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from celery import Celery, Signature
+from celery.exceptions import TimeoutError as ResultTimeout
 from celery.result import AsyncResult
 
 from tasks.app import app as default_app
@@ -22,8 +31,33 @@ from tasks.turns import Mode, agent_turn
 
 
 class ThreadClient:
-    def __init__(self, app: Celery | None = None) -> None:
+    def __init__(
+        self, app: Celery | None = None, *, timeout: float = 600.0, resend_after: float = 60.0
+    ) -> None:
         self.app = app or default_app
+        self.timeout = timeout
+        self.resend_after = resend_after
+        self.resends = 0
+        """How many times ``deliver`` sent work again (a lost or stalled message)."""
+
+    def deliver(self, send: Callable[[], AsyncResult[Any]]) -> Any:
+        """Send, wait for the result, and send again if none came within
+        ``resend_after`` seconds; give up after ``timeout``. Only for idempotent work."""
+        deadline = time.monotonic() + self.timeout
+        result = send()
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return result.get(timeout=max(0.1, min(self.resend_after, remaining)))
+            except ResultTimeout:
+                if time.monotonic() >= deadline:
+                    raise
+                self.resends += 1
+                result = send()
+
+    def call(self, name: str, **kwargs: Any) -> Any:
+        """``send`` and wait for the result, re-sending a lost message."""
+        return self.deliver(lambda: self.send(name, **kwargs))
 
     def send(self, name: str, **kwargs: Any) -> AsyncResult[Any]:
         """Send ``threads.<name>`` with keyword arguments (JSON only)."""
@@ -64,7 +98,7 @@ class ThreadClient:
         source: str | None = None,
         up_to_id: str | None = None,
     ) -> AsyncResult[Any]:
-        """Run one agent turn (see ``tasks.turns.agent_turn``)."""
+        """Start one agent turn (see ``tasks.turns.agent_turn``)."""
         canvas = agent_turn(
             thread_id,
             new_messages,
@@ -77,3 +111,29 @@ class ThreadClient:
         )
         result: AsyncResult[Any] = canvas.apply_async()
         return result
+
+    def run_turn(
+        self,
+        thread_id: str,
+        new_messages: Iterable[Mapping[str, Any]],
+        run: Signature[Any],
+        *,
+        turn_id: str,
+        mode: Mode = "continue",
+        source: str | None = None,
+        up_to_id: str | None = None,
+    ) -> Any:
+        """Run one agent turn and wait for it, re-sending the whole (idempotent) turn
+        if its chain stalled on a lost message."""
+        messages = [dict(m) for m in new_messages]
+        return self.deliver(
+            lambda: self.turn(
+                thread_id,
+                messages,
+                run,
+                turn_id=turn_id,
+                mode=mode,
+                source=source,
+                up_to_id=up_to_id,
+            )
+        )

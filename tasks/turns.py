@@ -60,8 +60,14 @@ def agent_turn(
     encode_batch(messages)
     celery = app or run.app or default_app
 
+    def queue_of(name: str) -> str:
+        # Chain steps are sent by the worker that ran the previous step, with that
+        # worker's routing; pin each step to the queue the caller's app routes it to.
+        route = celery.amqp.router.route({}, name)
+        return str(route["queue"].name)
+
     def step(name: str, **kwargs: Any) -> Signature[Any]:
-        return celery.signature(name, kwargs=kwargs, immutable=True)
+        return celery.signature(name, kwargs=kwargs, immutable=True, queue=queue_of(name))
 
     if mode == "new":
         opening = step("threads.create", thread_id=thread_id, state=state, owner=turn_id)
@@ -75,12 +81,14 @@ def agent_turn(
     else:
         raise ValueError(f"unknown mode {mode!r}: use 'new', 'continue' or 'fork'")
 
+    if not run.task:
+        raise ValueError("run must be a signature of a task, e.g. my_agent.s()")
     finish = {"thread_id": thread_id, "evict": True, "release_owner": turn_id}
     agent = celery.signature(
         run.task,
         args=run.args,
         kwargs={**run.kwargs, "thread_id": thread_id, "turn_id": turn_id},
-        options=dict(run.options),
+        options={"queue": queue_of(run.task), **run.options},
         immutable=True,
     )
     append = step("threads.append", thread_id=thread_id, messages=messages, owner=turn_id)

@@ -233,7 +233,12 @@ def test_gzip_snapshot_is_one_json_text_per_line_with_header_first() -> None:
     assert header["thread_id"] == TID
     assert header["count"] == 3 == len(records)
     assert header["checksum"] == checksum(header, b"\n".join(lines[1:]))
-    assert index == {"state": {"step": 3}, "ids": ["m0", "m1", "m2"], "retired_ids": ["r1"]}
+    assert index == {
+        "state": {"step": 3},
+        "ids": ["m0", "m1", "m2"],
+        "retired_ids": ["r1"],
+        "turns": [],
+    }
     assert records == snapshot.messages()
 
 

@@ -103,7 +103,8 @@ def test_flush_never_loses_appends_that_race_eviction(
 
     def appender(index: int) -> None:
         client = redis_server.client()
-        threads = Threads(HotStore(client), cold)
+        # a short pin, so that the flusher gets to evict between the pauses below
+        threads = Threads(HotStore(client), cold, write_pin_ms=20)
         rng = random.Random(index)
         try:
             i = 0
@@ -277,6 +278,7 @@ def test_concurrent_hydrates_restore_once_with_identical_result(
 
 
 def test_stale_hydrate_never_restores_an_older_archive(threads: Threads, cold: ColdStore) -> None:
+    threads.write_pin_ms = 0  # the turn below flushes right after its hydrate
     threads.open("t1", "new")
     threads.append("t1", [msg("m1")])
     threads.flush("t1")

@@ -1,13 +1,16 @@
 -- Prepended to every script in this folder (see storage/hot.py).
--- KEYS[1..6] are always the keys of the thread being written (or read):
+-- KEYS[1..N_DATA] are always the keys of the thread being written (or read):
 --   meta (HASH, existence marker), msgs (LIST of JSON records),
 --   ids (HASH message id -> position, -1 = retired; the dedup ledger),
 --   state (STRING, JSON), lease (STRING owner, PX expiry),
---   archived (HASH version/etag/epoch of the cold archive; only while evicted).
+--   archived (HASH version/etag/epoch of the cold archive; only while evicted),
+--   turns (HASH lease owner -> finished ms: turns that ended and may not run again).
+-- Scripts that need more keys take them after these (KEYS[N_DATA + 1], ...).
 -- Every script validates and reads first and writes last, so a refusal or an
 -- error leaves nothing half-written.
 local K_META, K_MSGS, K_IDS, K_STATE, K_LEASE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local K_ARCHIVED = KEYS[6]
+local K_ARCHIVED, K_TURNS = KEYS[6], KEYS[7]
+local N_DATA = 7
 local CHUNK = 500 -- values per variadic command; well under Lua's unpack limit
 
 local function now_ms()
@@ -22,6 +25,7 @@ local function touch(ttl_ms)
     redis.call('PEXPIRE', K_MSGS, ttl_ms)
     redis.call('PEXPIRE', K_IDS, ttl_ms)
     redis.call('PEXPIRE', K_STATE, ttl_ms)
+    redis.call('PEXPIRE', K_TURNS, ttl_ms)
   end
 end
 

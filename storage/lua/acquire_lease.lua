@@ -1,10 +1,14 @@
 -- acquire_lease: one agent turn at a time per thread. The same owner may
--- acquire again (a redelivered turn) and so renews the expiry.
+-- acquire again (a redelivered turn) and so renews the expiry; an owner whose
+-- turn already finished gets nothing (a late duplicate must not block the thread).
 -- ARGV: owner, ttl_ms
--- Returns {'ok', renewed (1|0)}; {'not_found'}; {'held', holder, pttl}.
+-- Returns {'ok', renewed (1|0)}; {'finished'}; {'not_found'}; {'held', holder, pttl}.
 local owner, ttl = ARGV[1], tonumber(ARGV[2])
 if redis.call('EXISTS', K_META) == 0 then
   return {'not_found'}
+end
+if redis.call('HEXISTS', K_TURNS, owner) == 1 then
+  return {'finished'}
 end
 local holder = redis.call('GET', K_LEASE)
 if not holder then

@@ -1,4 +1,6 @@
 -- append: add messages whose ids the ledger has not seen, in order, exactly once.
+-- With an owner, the lease is checked only if something would be written: a
+-- redelivered append whose messages are all stored succeeds without the lease.
 -- ARGV: ttl_ms, owner ('' = no lease check), then id_1, record_1, id_2, record_2, ...
 -- Returns {'ok', flags, length, version}: flags has one char per input message,
 --   '1' appended, '0' skipped (already in the ledger, or earlier in this batch);
@@ -7,26 +9,29 @@ local ttl, owner = tonumber(ARGV[1]), ARGV[2]
 if redis.call('EXISTS', K_META) == 0 then
   return {'not_found'}
 end
-if owner ~= '' then
+local length = redis.call('LLEN', K_MSGS)
+local flags, fresh, fresh_ids, seen = {}, {}, {}, {}
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  if seen[id] or redis.call('HEXISTS', K_IDS, id) == 1 then
+    flags[#flags + 1] = '0'
+  else
+    seen[id] = true
+    fresh_ids[#fresh_ids + 1] = id
+    fresh_ids[#fresh_ids + 1] = length + #fresh
+    fresh[#fresh + 1] = ARGV[i + 1]
+    flags[#flags + 1] = '1'
+  end
+end
+if owner ~= '' and #fresh > 0 then
   local holder = redis.call('GET', K_LEASE)
   if holder ~= owner then
     return {'lease_lost', holder or ''}
   end
 end
-local length = redis.call('LLEN', K_MSGS)
-local flags, fresh = {}, {}
-for i = 3, #ARGV, 2 do
-  -- HSETNX is the dedup: it both tests the ledger and claims the id (and its
-  -- position), so a repeat later in the same batch is skipped too.
-  if redis.call('HSETNX', K_IDS, ARGV[i], length + #fresh) == 1 then
-    fresh[#fresh + 1] = ARGV[i + 1]
-    flags[#flags + 1] = '1'
-  else
-    flags[#flags + 1] = '0'
-  end
-end
 local version
 if #fresh > 0 then
+  chunked('HSET', K_IDS, fresh_ids)
   chunked('RPUSH', K_MSGS, fresh)
   version = bump()
 else

@@ -1,8 +1,11 @@
 -- flush_commit: after an upload, record the archive and evict if that is safe.
 -- Eviction happens only if the thread is still the incarnation that was read
 -- (epoch), its version is still the archived one (no write raced the upload)
--- and no lease is held (no turn is running). Otherwise the thread stays hot and
+-- and no lease is held (no turn is running) and it is not pinned (restored a
+-- moment ago for a write that has not landed yet). Otherwise the thread stays hot and
 -- the next flush archives the newer version. Never regresses cold_version.
+-- A released owner is recorded as a finished turn: a late duplicate of that turn's
+-- acquire_lease (a redelivered chain step) can then never take the lease again.
 -- ARGV: archived_version, etag, epoch, evict ('1'|'0'), release_owner ('' = none),
 --   marker_ttl_ms (how long the 'archived' marker outlives the eviction)
 -- Returns {'evicted', version}; {'kept', version, lease_holder_or_empty}; {'gone'}.
@@ -15,15 +18,20 @@ local recorded = tonumber(redis.call('HGET', K_META, 'cold_version') or '-1')
 if recorded < archived then
   redis.call('HSET', K_META, 'cold_version', archived, 'cold_etag', etag)
 end
-if release_owner ~= '' and redis.call('GET', K_LEASE) == release_owner then
-  redis.call('DEL', K_LEASE)
+if release_owner ~= '' then
+  if redis.call('GET', K_LEASE) == release_owner then
+    redis.call('DEL', K_LEASE)
+  end
+  redis.call('HSET', K_TURNS, release_owner, now_ms())
 end
 local version = current_version()
 local holder = redis.call('GET', K_LEASE) or ''
-if evict == '1' and version == archived and recorded <= archived and holder == '' then
+local pinned = tonumber(redis.call('HGET', K_META, 'pinned_until') or '0') > now_ms()
+if evict == '1' and version == archived and recorded <= archived and holder == ''
+    and not pinned then
   redis.call('HSET', K_ARCHIVED, 'version', archived, 'etag', etag, 'epoch', epoch)
   redis.call('PEXPIRE', K_ARCHIVED, marker_ttl)
-  redis.call('DEL', K_META, K_MSGS, K_IDS, K_STATE)
+  redis.call('DEL', K_META, K_MSGS, K_IDS, K_STATE, K_TURNS)
   return {'evicted', version}
 end
 return {'kept', version, holder}

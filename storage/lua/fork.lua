@@ -1,12 +1,13 @@
 -- fork: copy records (up to and including one id), ledger and state of a source
 -- thread into a new thread, recording its parent. Idempotent: a repeat for the
 -- same (source, fork point) returns the existing fork untouched.
--- KEYS[1..6]: destination keys; KEYS[7..12]: the source's keys in the same order.
+-- KEYS[1..N_DATA]: destination keys; then the source's keys in the same order.
 -- ARGV: ttl_ms, source_id, up_to_id ('' = everything), epoch (random, for the fork)
 -- Returns {'ok', created (1|0), length, version}; {'not_found'} (source);
 --   {'no_message'} (up_to_id not in source); {'exists', parent_or_empty, fork_point};
 --   {'archived'} (the destination is evicted to the cold tier).
-local S_META, S_MSGS, S_IDS, S_STATE = KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local S_META, S_MSGS, S_IDS, S_STATE =
+  KEYS[N_DATA + 1], KEYS[N_DATA + 2], KEYS[N_DATA + 3], KEYS[N_DATA + 4]
 local ttl, source, up_to = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 if redis.call('EXISTS', S_META) == 0 then
   return {'not_found'}

@@ -3,12 +3,15 @@
 -- here with RENAME. Refuses if the thread is already hot (hot wins; a second
 -- concurrent hydrate is a no-op) or if the snapshot is older than the archive
 -- this Redis last evicted (a stale read must not resurrect old content).
--- KEYS[1..6]: thread keys; KEYS[7], KEYS[8]: staging msgs, staging ids.
+-- KEYS[1..N_DATA]: thread keys; then staging msgs, staging ids.
 -- ARGV: ttl_ms, mode ('inline'|'staged'), n_records, version, epoch, etag,
 --   created, updated, parent, fork_point, creator, has_state, state,
+--   pin_ms (keep the thread from eviction this long), n_turns, then n_turns
+--   finished turn ids,
 --   then (inline only) n ids, n records, retired ids.
 -- Returns {'restored', n}; {'hot'}; {'stale', archived_version}; {'incomplete'}.
-local S_MSGS, S_IDS = KEYS[7], KEYS[8]
+-- (The ARGV layout is built by HotStore.restore.)
+local S_MSGS, S_IDS = KEYS[N_DATA + 1], KEYS[N_DATA + 2]
 local ttl, mode, n, version = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local function discard_staging()
   redis.call('DEL', S_MSGS, S_IDS)
@@ -22,7 +25,17 @@ if evicted > version then
   discard_staging()
   return {'stale', evicted}
 end
-redis.call('DEL', K_MSGS, K_IDS, K_STATE)
+redis.call('DEL', K_MSGS, K_IDS, K_STATE, K_TURNS)
+local pin_ms, n_turns = tonumber(ARGV[14]), tonumber(ARGV[15])
+local base = 15 + n_turns -- ARGV index before the inline records
+if n_turns > 0 then
+  local finished = {}
+  for i = 16, base do
+    finished[#finished + 1] = ARGV[i]
+    finished[#finished + 1] = 0
+  end
+  chunked('HSET', K_TURNS, finished)
+end
 if mode == 'staged' then
   if redis.call('LLEN', S_MSGS) ~= n then
     discard_staging()
@@ -39,11 +52,11 @@ if mode == 'staged' then
 else
   local ledger, records = {}, {}
   for i = 1, n do
-    ledger[#ledger + 1] = ARGV[13 + i]
+    ledger[#ledger + 1] = ARGV[base + i]
     ledger[#ledger + 1] = i - 1
-    records[i] = ARGV[13 + n + i]
+    records[i] = ARGV[base + n + i]
   end
-  for i = 14 + 2 * n, #ARGV do
+  for i = base + 2 * n + 1, #ARGV do
     ledger[#ledger + 1] = ARGV[i]
     ledger[#ledger + 1] = -1
   end
@@ -55,7 +68,7 @@ if ARGV[12] == '1' then
 end
 redis.call('HSET', K_META, 'version', version, 'epoch', ARGV[5], 'cold_version', version,
   'cold_etag', ARGV[6], 'created', ARGV[7], 'updated', ARGV[8], 'parent', ARGV[9],
-  'fork_point', ARGV[10], 'creator', ARGV[11])
+  'fork_point', ARGV[10], 'creator', ARGV[11], 'pinned_until', now_ms() + pin_ms)
 redis.call('DEL', K_ARCHIVED)
 touch(ttl)
 return {'restored', n}
