@@ -8,6 +8,7 @@ Redis databases: 0 hot tier (flushed before every test), 1 broker, 2 results.
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
 from collections.abc import Iterator
@@ -41,6 +42,9 @@ def redis_server() -> Iterator[EmbeddedRedis]:
     try:
         yield server
     finally:
+        # Celery AsyncResults unsubscribe from the result backend when collected:
+        # let that happen while the server is still up.
+        gc.collect()
         server.stop()
 
 
