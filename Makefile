@@ -30,6 +30,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python -m bench.hot_store
 	$(BIN)/python -m bench.tiering
+	$(BIN)/python -m bench.celery_throughput
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,133 +1,256 @@
-"""The ``agent-threads`` command.
+"""The ``agent-threads`` command: worker, demo, inspect, flush-idle.
 
-Environment variables are read here (and in ``celeryconfig.py``) only:
-``AGENT_THREADS_REDIS_URL`` points the demo at an existing Redis instead of an
-embedded redis-server. The demo's cold tier is a ``FileColdStore`` under
-``./.agent-threads/cold``.
+Settings come from the ``AGENT_THREADS_*`` environment variables (read by
+``celeryconfig``, see there). ``demo`` needs none: without
+``AGENT_THREADS_REDIS_URL`` it starts an embedded redis-server, and without
+``AGENT_THREADS_COLD_URL`` it archives to ``./.agent-threads/cold``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any
 
 import click
-import redis
+from celery.result import AsyncResult
 
-from storage import HotStore, Message
-from storage.cold import FileColdStore
 from storage.embedded import EmbeddedRedis
+from storage.errors import AgentThreadsError
 from storage.tiered import Threads
-
-T = TypeVar("T")
+from tasks.app import app, build_threads, threads
+from tasks.client import ThreadClient
+from tasks.processes import WorkerProcess
+from tasks.turns import agent_turn
 
 
 @click.group()
 def main() -> None:
-    """agent-threads: crash-safe conversation threads for AI agents."""
+    """agent-threads: crash-safe conversation threads for AI agents on Celery."""
 
 
-@contextmanager
-def _redis_for_demo() -> Iterator[redis.Redis]:
-    url = os.environ.get("AGENT_THREADS_REDIS_URL")
-    if url:
-        click.echo(f"using Redis at {url}")
-        client = redis.Redis.from_url(url)
-        try:
-            yield client
-        finally:
-            client.close()
-        return
-    with EmbeddedRedis() as server:
-        click.echo(f"started embedded redis-server on 127.0.0.1:{server.port}")
-        client = server.client()
-        try:
-            yield client
-        finally:
-            client.close()
-    click.echo("stopped embedded redis-server")
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Start a Celery worker for the thread tasks and your agent tasks.
+
+    Extra arguments go to `celery worker` (e.g. --concurrency 8 --pool threads).
+    """
+    queues = f"{app.conf.threads_queue},{app.conf.task_default_queue}"
+    app.worker_main(["worker", "-Q", queues, "-l", "INFO", *ctx.args])
 
 
-def _step(label: str, action: Callable[[], T]) -> T:
-    started = time.perf_counter()
-    result = action()
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    click.echo(f"  {label:<58} {elapsed_ms:7.2f} ms  -> {result}")
-    return result
+# -- inspect / flush-idle --------------------------------------------------------------
 
 
-def _show(store: HotStore, thread_id: str) -> None:
-    info = store.info(thread_id)
-    parent = f", forked from {info.parent!r}" if info.parent else ""
-    click.echo(f"\n  thread {thread_id!r}: version {info.version}, {info.length} messages{parent}")
-    for position, record in enumerate(store.load(thread_id)):
-        body: Any = record["body"]
-        text = body.get("content") if isinstance(body, dict) else body
-        role = body.get("role", "?") if isinstance(body, dict) else "?"
-        click.echo(f"    {position:>2}  {record['id']:<14} {role:<10} {json.dumps(text)[:60]}")
-    click.echo(f"    state: {json.dumps(store.load_state(thread_id))}\n")
+def _tier(store: Threads, thread_id: str) -> str:
+    if store.hot.exists(thread_id):
+        return "hot"
+    return "cold" if store.cold.head(thread_id) else "absent"
 
 
-def _message(message_id: str, role: str, content: str) -> Message:
-    return {"id": message_id, "body": {"role": role, "content": content}}
+def _describe(body: Any) -> tuple[str, str]:
+    if isinstance(body, dict):
+        content = body.get("content")
+        text = content if isinstance(content, str) else json.dumps(content)
+        return str(body.get("role", "?")), text
+    return "?", json.dumps(body)
+
+
+def _print_thread(store: Threads, thread_id: str) -> None:
+    tier = _tier(store, thread_id)
+    if tier == "absent":
+        raise click.ClickException(f"thread {thread_id!r} exists in no tier")
+    if tier == "cold":
+        found = store.cold.read(thread_id)
+        assert found is not None
+        snapshot, etag = found
+        click.echo(f"thread {thread_id!r}: tier cold (archive {etag}), version {snapshot.version}")
+        messages, state = snapshot.messages(), snapshot.state
+    else:
+        info = store.hot.info(thread_id)
+        lease = f", leased by {info.lease_owner!r}" if info.lease_owner else ""
+        ttl = f", expires in {info.ttl_ms // 1000} s" if info.ttl_ms is not None else ""
+        archived = f", archived v{info.cold_version}" if info.cold_version is not None else ""
+        parent = f", fork of {info.parent!r}" if info.parent else ""
+        click.echo(
+            f"thread {thread_id!r}: tier hot, version {info.version}{archived}{parent}{lease}{ttl}"
+        )
+        messages, state = store.hot.load(thread_id), store.hot.load_state(thread_id)
+    for position, record in enumerate(messages):
+        role, text = _describe(record["body"])
+        click.echo(f"  {position:>3}  {record['id']:<22} {role:<10} {text[:70]}")
+    click.echo(f"  state: {json.dumps(state)}")
 
 
 @main.command()
-@click.option("--thread", "thread_id", default="demo-chat", show_default=True)
+@click.argument("thread_id")
+def inspect(thread_id: str) -> None:
+    """Show a thread: tier, version, lease, messages and state (reads the cold
+    archive without restoring it)."""
+    try:
+        _print_thread(threads(), thread_id)
+    except AgentThreadsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command("flush-idle")
+@click.option("--older-than", "older_than", type=float, default=None, help="seconds idle")
+@click.option("--limit", type=int, default=1000, show_default=True)
+def flush_idle(older_than: float | None, limit: int) -> None:
+    """Archive and evict threads idle longer than --older-than seconds (default
+    AGENT_THREADS_IDLE_SECONDS)."""
+    idle = app.conf.agent_threads["idle_seconds"] if older_than is None else older_than
+    report = threads().flush_idle(idle, limit=limit)
+    click.echo(
+        f"{report.candidates} idle, {len(report.evicted)} evicted, {len(report.kept)} kept hot, "
+        f"{len(report.failed)} failed"
+    )
+    for failure in report.failed:
+        click.echo(f"  failed: {failure}", err=True)
+
+
+# -- demo ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def _demo_settings() -> Iterator[dict[str, str]]:
+    """AGENT_THREADS_* for the demo: the user's, else an embedded redis-server and a
+    file cold store under ./.agent-threads/cold."""
+    cold = os.environ.get("AGENT_THREADS_COLD_URL") or (
+        "file://" + str(Path(".agent-threads/cold").resolve())
+    )
+    given = os.environ.get("AGENT_THREADS_REDIS_URL")
+    if given:
+        click.echo(f"using Redis at {given}")
+        yield {
+            "AGENT_THREADS_REDIS_URL": given,
+            "AGENT_THREADS_BROKER_URL": app.conf.broker_url,
+            "AGENT_THREADS_RESULT_BACKEND": app.conf.result_backend,
+            "AGENT_THREADS_COLD_URL": cold,
+        }
+        return
+    with EmbeddedRedis() as server:
+        click.echo(f"started embedded redis-server on 127.0.0.1:{server.port}")
+        base = f"redis://127.0.0.1:{server.port}"
+        yield {
+            "AGENT_THREADS_REDIS_URL": f"{base}/0",
+            "AGENT_THREADS_BROKER_URL": f"{base}/1",
+            "AGENT_THREADS_RESULT_BACKEND": f"{base}/2",
+            "AGENT_THREADS_COLD_URL": cold,
+        }
+        click.echo("stopped embedded redis-server")
+
+
+def _configure(settings: Mapping[str, str]) -> Threads:
+    app.conf.update(
+        broker_url=settings["AGENT_THREADS_BROKER_URL"],
+        result_backend=settings["AGENT_THREADS_RESULT_BACKEND"],
+        agent_threads={
+            **app.conf.agent_threads,
+            "redis_url": settings["AGENT_THREADS_REDIS_URL"],
+            "cold_url": settings["AGENT_THREADS_COLD_URL"],
+        },
+    )
+    threads.cache_clear()
+    return build_threads(app.conf.agent_threads)
+
+
+def _steps(final: AsyncResult[Any]) -> list[AsyncResult[Any]]:
+    chain = [final]
+    while isinstance(chain[-1].parent, AsyncResult):
+        chain.append(chain[-1].parent)
+    return list(reversed(chain))
+
+
+def _summary(result: Any) -> str:
+    if not isinstance(result, dict):
+        return str(result)
+    keys = ("status", "appended_ids", "owner", "reply_id", "evicted", "size_bytes", "version")
+    return ", ".join(f"{k}={result[k]}" for k in keys if k in result)
+
+
+def _print_turn(title: str, final: AsyncResult[Any], started: float) -> None:
+    final.get(timeout=120)
+    elapsed = (time.perf_counter() - started) * 1000
+    click.echo(f"\n{title}  ({elapsed:.0f} ms end to end)")
+    previous: Any = None
+    for step in _steps(final):
+        done = step.date_done
+        took = f"{(done - previous).total_seconds() * 1000:6.1f} ms" if previous else "   first"
+        previous = done
+        click.echo(f"  {took}  {step.name:<24} {_summary(step.result)}")
+
+
+@main.command()
+@click.option("--thread", "thread_id", default="demo-trip", show_default=True)
 def demo(thread_id: str) -> None:
-    """Run a short storage demo against an embedded redis-server."""
-    with _redis_for_demo() as client:
-        store = HotStore(client, namespace="demo", ttl_seconds=3600)
-        store.delete(thread_id)
-        store.delete(f"{thread_id}-fork")
-        click.echo("\n1. create a thread and run one turn")
-        _step("create (with state)", lambda: store.create(thread_id, state={"turn": 0}))
-        _step("create again (a redelivery: no-op, never wipes)", lambda: store.create(thread_id))
-        turn_1 = [
-            _message("sys", "system", "You are a concise travel agent."),
-            _message("u1", "user", "Find me a train from Zurich to Milan."),
-        ]
-        _step("append system prompt + user message", lambda: store.append(thread_id, turn_1))
-        reply = [_message("a1", "assistant", "The 07:33 EC arrives at 10:50.")]
-        _step("append assistant reply", lambda: store.append(thread_id, reply))
-        _step("save state", lambda: store.save_state(thread_id, {"turn": 1}))
+    """Three agent turns (one forked) through a real Celery worker with the offline
+    scripted model; each turn hydrates, appends, runs, flushes and evicts."""
+    with _demo_settings() as settings:
+        store = _configure(settings)
+        fork_id = f"{thread_id}-alt"
+        for tid in (thread_id, fork_id):
+            store.delete(tid)
+        worker = WorkerProcess(
+            {**os.environ, **settings}, [app.conf.threads_queue, app.conf.task_default_queue],
+            name=f"demo-{uuid.uuid4().hex[:6]}",
+        )  # fmt: skip
+        worker.start()
+        try:
+            worker.wait_ready(app)
+            click.echo(f"started a celery worker (pid {worker.process and worker.process.pid})")
+            _run_demo(store, thread_id, fork_id)
+        finally:
+            worker.stop()
+            click.echo("stopped the celery worker")
+            app.close()
 
-        click.echo("\n2. a worker crashed after writing; the task is redelivered")
-        _step("append the same batch again (deduplicated)", lambda: store.append(thread_id, turn_1))
-        _step("append the same reply again (deduplicated)", lambda: store.append(thread_id, reply))
-        _show(store, thread_id)
 
-        click.echo("3. fork the conversation before the reply, rewind, compact")
-        fork_id = f"{thread_id}-fork"
-        _step("fork up to 'u1'", lambda: store.fork(thread_id, fork_id, up_to_id="u1"))
-        _step("fork again (idempotent)", lambda: store.fork(thread_id, fork_id, up_to_id="u1"))
-        alternative = [_message("a1", "assistant", "There is also a 09:33 EC.")]
-        _step("append another reply in the fork", lambda: store.append(fork_id, alternative))
-        _step("rewind the original from 'a1'", lambda: store.truncate_from(thread_id, "a1"))
-        _step("retry the reply after the rewind", lambda: store.append(thread_id, reply))
-        summary = [_message("summary", "system", "User wants Zurich -> Milan; offered 07:33.")]
-        _step("compact the fork into a summary", lambda: store.replace_all(fork_id, summary))
-        _show(store, thread_id)
-        _show(store, fork_id)
+def _run_demo(store: Threads, thread_id: str, fork_id: str) -> None:
+    client = ThreadClient(app)
+    model = app.signature("demo.scripted_agent", kwargs={"think_ms": 50})
 
-        click.echo("4. after the turn: archive to the cold tier and free Redis; restore later")
-        threads = Threads(store, FileColdStore(".agent-threads/cold"))
-        threads.delete(thread_id)
-        threads.delete(fork_id)
-        _step("open a new thread", lambda: threads.open(thread_id, "new", state={"turn": 1}))
-        _step("append a turn", lambda: threads.append(thread_id, turn_1 + reply))
-        _step("flush (archive + evict)", lambda: threads.flush(thread_id))
-        _step("is it still in Redis?", lambda: store.exists(thread_id))
-        _step("flush again (already archived: no upload)", lambda: threads.flush(thread_id))
-        _step("hydrate before the next turn", lambda: threads.hydrate(thread_id))
-        _step("redelivered reply after the round trip", lambda: threads.append(thread_id, reply))
-        _show(store, thread_id)
-        threads.delete(thread_id)
+    def user(mid: str, text: str) -> dict[str, Any]:
+        return {"id": mid, "body": {"role": "user", "content": text}}
+
+    system = {"id": "system", "body": {"role": "system", "content": "You are a travel agent."}}
+    turns = [
+        ("turn 1 (new)", thread_id, [system, user("u1", "A train from Zurich to Milan?")], "new"),
+        ("turn 2 (continue)", thread_id, [user("u2", "Book the first one.")], "continue"),
+    ]
+    for title, tid, messages, mode in turns:
+        started = time.perf_counter()
+        turn_id = f"{tid}:{title.split()[1]}"
+        result = agent_turn(tid, messages, model, turn_id=turn_id, mode=mode)  # type: ignore[arg-type]
+        _print_turn(title, result.apply_async(), started)
+        click.echo(f"  tier after the turn: {_tier(store, tid)}")
+    started = time.perf_counter()
+    forked = client.turn(
+        fork_id,
+        [user("u2-alt", "Is there a later train?")],
+        model,
+        turn_id=f"{fork_id}:3",
+        mode="fork",
+        source=thread_id,
+        up_to_id=f"{thread_id}:1:assistant",
+    )
+    _print_turn("turn 3 (fork of turn 1)", forked, started)
+    click.echo("")
+    for tid in (thread_id, fork_id):
+        _print_thread(store, tid)
+    click.echo("\nredelivery check: running turn 2 again with the same turn id ...")
+    again = agent_turn(thread_id, turns[1][2], model, turn_id=f"{thread_id}:2")
+    again.apply_async().get(timeout=120)
+    count = len(store.load(thread_id))
+    click.echo(f"  the thread still has {count} messages: nothing was doubled")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -13,8 +13,9 @@ from tasks.base import ThreadTask
 DEMO_MODEL = ScriptedModel(
     [
         "The 07:33 EC from Zurich reaches Milan at 10:50. Shall I book it?",
-        "Booked: seat 42, coach 7. Anything else about {user!r}?",
-        "Alternatively the 09:33 EC arrives at 12:50.",
+        "About {user!r}: the 07:33 is booked (coach 7, seat 42); the later 09:33 EC "
+        "arrives at 12:50.",
+        "Anything else for your trip?",
     ]
 )
 

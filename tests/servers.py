@@ -1,5 +1,5 @@
-"""Server processes for the test harness: an S3 endpoint (moto's server) on loopback,
-and real ``celery worker`` processes for the crash tests.
+"""Server processes for the test harness: an S3 endpoint (moto's server) on loopback.
+(Real ``celery worker`` processes come from ``tasks.processes.WorkerProcess``.)
 
 Like ``storage.embedded.EmbeddedRedis``, each runs in the foreground of a
 ``subprocess.Popen`` and is always stopped with terminate/wait.
@@ -7,21 +7,14 @@ Like ``storage.embedded.EmbeddedRedis``, each runs in the foreground of a
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from storage.embedded import free_port
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 class MotoServer:
@@ -75,78 +68,3 @@ class MotoServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-class CeleryWorkerProcess:
-    """A real ``celery worker`` in its own process group, for crash tests: ``kill()``
-    SIGKILLs the whole group at once (no warm shutdown, no acks), like an OOM kill
-    or a lost machine."""
-
-    def __init__(
-        self,
-        env: dict[str, str],
-        queues: list[str],
-        *,
-        name: str = "crash",
-        pool: str = "threads",
-        concurrency: int = 4,
-        log_path: str | None = None,
-    ) -> None:
-        self.env = env
-        self.queues = queues
-        self.name = f"{name}@%h"
-        self.pool = pool
-        self.concurrency = concurrency
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> CeleryWorkerProcess:
-        command = [
-            sys.executable, "-m", "celery", "-A", "tasks.app", "worker",
-            "-P", self.pool, "-c", str(self.concurrency), "-Q", ",".join(self.queues),
-            "-n", self.name, "-l", "WARNING",
-            "--without-heartbeat", "--without-gossip", "--without-mingle",
-        ]  # fmt: skip
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(
-            command,
-            env=self.env,
-            cwd=str(REPO),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.starts += 1
-        return self
-
-    def wait_ready(self, app: Any, timeout: float = 60.0) -> None:
-        """Wait until the worker answers a remote-control ping."""
-        hostname = self.name.replace("%h", socket.gethostname())
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                raise RuntimeError("celery worker exited during start-up; see its log")
-            if app.control.ping(destination=[hostname], timeout=0.5):
-                return
-        raise TimeoutError(f"celery worker {hostname} did not answer within {timeout} s")
-
-    def kill(self) -> None:
-        """SIGKILL the worker and everything it started."""
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-    def stop(self) -> None:
-        """Warm shutdown (SIGTERM), then SIGKILL if it does not end in time."""
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)

@@ -24,8 +24,10 @@ from storage.cold import FileColdStore
 from storage.embedded import EmbeddedRedis
 from storage.tiered import Threads
 from tasks.client import ThreadClient
+from tasks.processes import WorkerProcess
 from tests.conftest import msg
-from tests.servers import CeleryWorkerProcess
+
+REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -51,7 +53,7 @@ class Crashes:
             "AGENT_THREADS_VISIBILITY_TIMEOUT": "3",
             "AGENT_THREADS_RESTORE_INTERVAL": "1",
         }
-        self.worker = CeleryWorkerProcess(env, QUEUES, log_path=str(log_path))
+        self.worker = WorkerProcess(env, QUEUES, log_path=str(log_path), cwd=str(REPO))
         self.app = Celery("crash-client")
         self.app.config_from_object("celeryconfig")
         self.app.conf.update(

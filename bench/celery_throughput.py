@@ -1,0 +1,157 @@
+"""Celery benchmark: threads.append throughput vs a no-op task, and one agent turn
+vs a chain of four no-op tasks, on the same broker and the same worker process.
+
+    python -m bench.celery_throughput [--quick]
+
+Starts its own redis-server (hot tier, broker and results in databases 0/1/2) and
+one real `celery worker` process (threads pool), and stops both at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import platform
+import statistics
+import tempfile
+import time
+from typing import Any
+
+from celery import chain
+
+from storage.embedded import EmbeddedRedis
+from tasks.app import app, build_threads
+from tasks.processes import WorkerProcess
+from tasks.turns import agent_turn
+
+BODY = {
+    "role": "user",
+    "content": "Please compare the 07:33 and 09:33 trains from Zurich to Milan, "
+    "including connections, seat availability, prices and luggage rules. " * 6,
+}
+
+
+def throughput(send: Any, count: int) -> float:
+    """Tasks per second: send ``count`` tasks at once, wait for every result."""
+    started = time.perf_counter()
+    results = [send(i) for i in range(count)]
+    for result in results:
+        result.get(timeout=300)
+    return count / (time.perf_counter() - started)
+
+
+def latency_ms(run: Any, repeats: int) -> float:
+    samples = []
+    for i in range(repeats):
+        started = time.perf_counter()
+        run(i).get(timeout=120)
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer tasks (a smoke run)")
+    parser.add_argument("--concurrency", type=int, default=4)
+    options = parser.parse_args()
+    count, repeats = (300, 5) if options.quick else (3000, 30)
+    with EmbeddedRedis() as server, tempfile.TemporaryDirectory() as cold:
+        base = f"redis://127.0.0.1:{server.port}"
+        env = {
+            "AGENT_THREADS_BROKER_URL": f"{base}/1",
+            "AGENT_THREADS_RESULT_BACKEND": f"{base}/2",
+            "AGENT_THREADS_REDIS_URL": f"{base}/0",
+            "AGENT_THREADS_COLD_URL": f"file://{cold}",
+            "AGENT_THREADS_IMPORTS": "bench.tasks",
+        }
+        app.conf.update(
+            broker_url=env["AGENT_THREADS_BROKER_URL"],
+            result_backend=env["AGENT_THREADS_RESULT_BACKEND"],
+            agent_threads={
+                **app.conf.agent_threads,
+                "redis_url": env["AGENT_THREADS_REDIS_URL"],
+                "cold_url": env["AGENT_THREADS_COLD_URL"],
+            },
+        )
+        store = build_threads(app.conf.agent_threads)
+        for n in range(50):
+            store.open(f"bench-{n}", "new")
+        worker = WorkerProcess(
+            {**os.environ, **env},
+            [app.conf.threads_queue, app.conf.task_default_queue],
+            name="bench",
+            concurrency=options.concurrency,
+        )
+        worker.start()
+        try:
+            worker.wait_ready(app)
+            run_benchmarks(store, count, repeats, options.concurrency)
+        finally:
+            worker.stop()
+            app.close()
+
+
+def run_benchmarks(store: Any, count: int, repeats: int, concurrency: int) -> None:
+    noop = app.signature("bench.noop")
+    append = app.signature("threads.append")
+
+    def send_noop(i: int) -> Any:
+        return noop.clone(kwargs={"i": i}).apply_async()
+
+    def send_append(i: int) -> Any:
+        message = {"id": f"m{i}", "body": BODY}
+        return append.clone(
+            kwargs={"thread_id": f"bench-{i % 50}", "messages": [message]}
+        ).apply_async()
+
+    throughput(send_noop, 100)  # warm-up
+    throughput(send_append, 100)
+    store.hot.redis.delete(*(store.hot.keys(f"bench-{n}").msgs for n in range(50)))
+    for n in range(50):
+        store.hot.redis.delete(store.hot.keys(f"bench-{n}").ids)
+    rates = {"noop": [], "append": []}
+    for _ in range(3):  # interleaved rounds, so load changes hit both alike
+        rates["noop"].append(throughput(send_noop, count))
+        rates["append"].append(throughput(send_append, count))
+    noop_rate = statistics.median(rates["noop"])
+    append_rate = statistics.median(rates["append"])
+
+    agent = app.signature("demo.scripted_agent")
+    turn_ids = itertools.count()
+
+    def one_turn(_: int) -> Any:
+        tid = f"turn-{next(turn_ids)}"
+        store.open(tid, "new")
+        message = {"id": "u1", "body": BODY}
+        return agent_turn(tid, [message], agent, turn_id=tid).apply_async()
+
+    def four_noops(i: int) -> Any:
+        return chain(*(noop.clone(kwargs={"i": i, "step": k}) for k in range(4))).apply_async()
+
+    latency_ms(one_turn, 3)
+    latency_ms(four_noops, 3)
+    turn_ms = latency_ms(one_turn, repeats)
+    noops_ms = latency_ms(four_noops, repeats)
+
+    print(
+        f"Python {platform.python_version()}, {os.cpu_count()} CPUs, one celery worker "
+        f"(threads pool, concurrency {concurrency}), Redis broker + results on loopback"
+    )
+    print(
+        f"{count} tasks per round, median of 3 interleaved rounds; latency: median of {repeats}\n"
+    )
+    rows = [
+        ("threads.append tasks/s (1 msg, ~1 KB)", f"{append_rate:,.0f}", f"{noop_rate:,.0f}",
+         f"{append_rate / noop_rate:.2f}x"),
+        ("agent_turn latency (5 steps, scripted) ms", f"{turn_ms:.1f}", f"{noops_ms:.1f}",
+         f"{turn_ms / noops_ms:.2f}x"),
+    ]  # fmt: skip
+    print(f"{'measure':<44}{'ours':>10}{'baseline':>10}{'ratio':>8}")
+    for name, ours, baseline, ratio in rows:
+        print(f"{name:<44}{ours:>10}{baseline:>10}{ratio:>8}")
+    print("\nbaselines: bench.noop tasks on the same worker; a chain of four bench.noop tasks")
+
+
+if __name__ == "__main__":
+    main()

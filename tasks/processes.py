@@ -1,0 +1,88 @@
+"""Worker processes: start, stop and kill a real ``celery worker`` for this app."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+
+class WorkerProcess:
+    """A real ``celery worker`` for this app in its own process group (the demo, the
+    crash tests). ``stop()`` is a warm shutdown; ``kill()`` SIGKILLs the whole group
+    at once (no warm shutdown, no acks), like an OOM kill or a lost machine."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        queues: list[str],
+        *,
+        name: str = "crash",
+        pool: str = "threads",
+        concurrency: int = 4,
+        log_path: str | None = None,
+        cwd: str | None = None,
+    ) -> None:
+        self.env = env
+        self.queues = queues
+        self.name = f"{name}@%h"
+        self.pool = pool
+        self.concurrency = concurrency
+        self.log_path = log_path
+        self.cwd = cwd
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> WorkerProcess:
+        command = [
+            sys.executable, "-m", "celery", "-A", "tasks.app", "worker",
+            "-P", self.pool, "-c", str(self.concurrency), "-Q", ",".join(self.queues),
+            "-n", self.name, "-l", "WARNING",
+            "--without-heartbeat", "--without-gossip", "--without-mingle",
+        ]  # fmt: skip
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
+            command,
+            env=self.env,
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.starts += 1
+        return self
+
+    def wait_ready(self, app: Any, timeout: float = 60.0) -> None:
+        """Wait until the worker answers a remote-control ping."""
+        hostname = self.name.replace("%h", socket.gethostname())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise RuntimeError("celery worker exited during start-up; see its log")
+            if app.control.ping(destination=[hostname], timeout=0.5):
+                return
+        raise TimeoutError(f"celery worker {hostname} did not answer within {timeout} s")
+
+    def kill(self) -> None:
+        """SIGKILL the worker and everything it started."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+    def stop(self) -> None:
+        """Warm shutdown (SIGTERM), then SIGKILL if it does not end in time."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
