@@ -27,7 +27,7 @@ from storage.tiered import Threads
 from tasks.app import app, build_threads, threads
 from tasks.client import ThreadClient
 from tasks.processes import WorkerProcess
-from tasks.turns import agent_turn
+from tasks.turns import Mode, agent_turn
 
 
 @click.group()
@@ -221,14 +221,14 @@ def _run_demo(store: Threads, thread_id: str, fork_id: str) -> None:
         return {"id": mid, "body": {"role": "user", "content": text}}
 
     system = {"id": "system", "body": {"role": "system", "content": "You are a travel agent."}}
-    turns = [
+    turns: list[tuple[str, str, list[dict[str, Any]], Mode]] = [
         ("turn 1 (new)", thread_id, [system, user("u1", "A train from Zurich to Milan?")], "new"),
         ("turn 2 (continue)", thread_id, [user("u2", "Book the first one.")], "continue"),
     ]
     for title, tid, messages, mode in turns:
         started = time.perf_counter()
         turn_id = f"{tid}:{title.split()[1]}"
-        result = agent_turn(tid, messages, model, turn_id=turn_id, mode=mode)  # type: ignore[arg-type]
+        result = agent_turn(tid, messages, model, turn_id=turn_id, mode=mode)
         _print_turn(title, result.apply_async(), started)
         click.echo(f"  tier after the turn: {_tier(store, tid)}")
     started = time.perf_counter()
