@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import redis
 
@@ -37,6 +38,39 @@ def find_redis_server() -> str:
     )
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    """terminate, wait, and kill if it does not end in time (no zombies left)."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+class ServerProcess:
+    """``with Server() as s:`` starts it and always stops it."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 def free_port() -> int:
     """A TCP port that was free on 127.0.0.1 a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -45,7 +79,7 @@ def free_port() -> int:
         return port
 
 
-class EmbeddedRedis:
+class EmbeddedRedis(ServerProcess):
     """Start with ``with EmbeddedRedis() as server: server.url``; always stopped on exit."""
 
     def __init__(
@@ -115,13 +149,7 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        stop_process(process)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -131,14 +159,3 @@ class EmbeddedRedis:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
         except OSError:
             return "(no log)"
-
-    def __enter__(self) -> EmbeddedRedis:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

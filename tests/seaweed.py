@@ -22,13 +22,12 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import boto3
 from botocore.config import Config
 
-from storage.embedded import free_port
+from storage.embedded import ServerProcess, free_port, stop_process
 
 ACCESS_KEY = "agent-threads-test"
 SECRET_KEY = "agent-threads-test-secret"  # noqa: S105 - a throwaway identity of a local test server
@@ -67,7 +66,7 @@ def _free_port_pair(taken: set[int]) -> int:
     raise RuntimeError("no free loopback port pair for SeaweedFS")
 
 
-class SeaweedServer:
+class SeaweedServer(ServerProcess):
     """``weed mini`` with an S3 endpoint on 127.0.0.1 (``with SeaweedServer() as s3: s3.url``).
 
     The S3 gateway requires signed requests with ``access_key``/``secret_key``
@@ -189,25 +188,8 @@ class SeaweedServer:
     def stop(self) -> None:
         process, self.process = self.process, None
         try:
-            if process is not None and process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=10)
+            stop_process(process, timeout=15)
         finally:
             data_dir, self.data_dir = self.data_dir, None
             if data_dir is not None:
                 shutil.rmtree(data_dir, ignore_errors=True)
-
-    def __enter__(self) -> SeaweedServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

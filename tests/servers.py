@@ -12,12 +12,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from types import TracebackType
 
-from storage.embedded import free_port
+from storage.embedded import ServerProcess, free_port, stop_process
 
 
-class MotoServer:
+class MotoServer(ServerProcess):
     """moto's S3-compatible HTTP server on 127.0.0.1 (``with MotoServer() as s3: s3.url``)."""
 
     def __init__(self, *, port: int | None = None, startup_timeout: float = 30.0) -> None:
@@ -50,21 +49,4 @@ class MotoServer:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-
-    def __enter__(self) -> MotoServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        stop_process(process)
