@@ -21,7 +21,7 @@ from typing import Any
 from celery import chain
 
 from storage.embedded import EmbeddedRedis
-from tasks.app import app, build_threads
+from tasks.app import app, configure
 from tasks.processes import WorkerProcess
 from tasks.turns import agent_turn
 
@@ -65,16 +65,12 @@ def main() -> None:
             "AGENT_THREADS_COLD_URL": f"file://{cold}",
             "AGENT_THREADS_IMPORTS": "bench.tasks",
         }
-        app.conf.update(
+        store = configure(
             broker_url=env["AGENT_THREADS_BROKER_URL"],
             result_backend=env["AGENT_THREADS_RESULT_BACKEND"],
-            agent_threads={
-                **app.conf.agent_threads,
-                "redis_url": env["AGENT_THREADS_REDIS_URL"],
-                "cold_url": env["AGENT_THREADS_COLD_URL"],
-            },
+            redis_url=env["AGENT_THREADS_REDIS_URL"],
+            cold_url=env["AGENT_THREADS_COLD_URL"],
         )
-        store = build_threads(app.conf.agent_threads)
         for n in range(50):
             store.open(f"bench-{n}", "new")
         worker = WorkerProcess(

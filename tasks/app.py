@@ -61,6 +61,19 @@ def threads() -> Threads:
     return build_threads(app.conf.agent_threads)
 
 
+def configure(*, broker_url: str, result_backend: str, **agent_threads: Any) -> Threads:
+    """Point this process's app at other servers (the demo, benchmarks, tests):
+    broker and results, plus any ``agent_threads`` settings (``redis_url``,
+    ``cold_url``, ...). Returns fresh storage built from the new settings."""
+    app.conf.update(
+        broker_url=broker_url,
+        result_backend=result_backend,
+        agent_threads={**app.conf.agent_threads, **agent_threads},
+    )
+    threads.cache_clear()
+    return threads()
+
+
 def settings() -> Mapping[str, Any]:
     conf: Mapping[str, Any] = app.conf.agent_threads
     return conf

@@ -24,7 +24,7 @@ from celery.result import AsyncResult
 from storage.embedded import EmbeddedRedis
 from storage.errors import AgentThreadsError
 from storage.tiered import Threads
-from tasks.app import app, build_threads, threads
+from tasks.app import app, configure, threads
 from tasks.client import ThreadClient
 from tasks.processes import WorkerProcess
 from tasks.turns import Mode, agent_turn
@@ -149,17 +149,12 @@ def _demo_settings() -> Iterator[dict[str, str]]:
 
 
 def _configure(settings: Mapping[str, str]) -> Threads:
-    app.conf.update(
+    return configure(
         broker_url=settings["AGENT_THREADS_BROKER_URL"],
         result_backend=settings["AGENT_THREADS_RESULT_BACKEND"],
-        agent_threads={
-            **app.conf.agent_threads,
-            "redis_url": settings["AGENT_THREADS_REDIS_URL"],
-            "cold_url": settings["AGENT_THREADS_COLD_URL"],
-        },
+        redis_url=settings["AGENT_THREADS_REDIS_URL"],
+        cold_url=settings["AGENT_THREADS_COLD_URL"],
     )
-    threads.cache_clear()
-    return build_threads(app.conf.agent_threads)
 
 
 def _steps(final: AsyncResult[Any]) -> list[AsyncResult[Any]]:

@@ -112,23 +112,19 @@ def celery_stack(redis_server: EmbeddedRedis, s3_server: MotoServer) -> Iterator
     """``tasks.app.app`` pointed at the test servers, with one embedded worker
     (threads pool) for the whole session: two embedded workers at once break teardown."""
     import tests.agent_tasks  # noqa: F401 - registers the test agent tasks
-    from tasks.app import app, threads
+    from tasks.app import app, configure, threads
 
     bucket = "celery-tests"
     s3_client_for(s3_server.url).create_bucket(Bucket=bucket)
     base = f"redis://127.0.0.1:{redis_server.port}"
-    app.conf.update(
+    configure(
         broker_url=f"{base}/1",
         result_backend=f"{base}/2",
-        agent_threads={
-            **app.conf.agent_threads,
-            "redis_url": f"{base}/0",
-            "cold_url": f"s3://{bucket}/threads",
-            "s3_endpoint_url": s3_server.url,
-            "ttl_seconds": 3600,
-        },
+        redis_url=f"{base}/0",
+        cold_url=f"s3://{bucket}/threads",
+        s3_endpoint_url=s3_server.url,
+        ttl_seconds=3600,
     )
-    threads.cache_clear()
     queues = [app.conf.threads_queue, app.conf.task_default_queue]
     with start_worker(
         app,
