@@ -70,6 +70,10 @@ task_routes = {"threads.*": {"queue": threads_queue}}
 imports = (
     "tasks.threads",
     "tasks.demo",
+    # model-turn tasks; each registers only if its SDK extra is installed
+    "tasks.anthropic_turns",
+    "tasks.google_turns",
+    "tasks.langchain_turns",
     *(m.strip() for m in _env("IMPORTS", "").split(",") if m.strip()),
 )
 

@@ -1,0 +1,1 @@
+"""Model-turn task for the anthropic adapter (registered only if its SDK is installed)."""

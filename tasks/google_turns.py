@@ -1,0 +1,1 @@
+"""Model-turn task for the google adapter (registered only if its SDK is installed)."""
