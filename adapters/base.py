@@ -83,7 +83,8 @@ class Adapter(ABC):
 
     @abstractmethod
     def tool_error_body(self, call_ids: Sequence[str], reason: str) -> JSON:
-        """A body that answers ``call_ids`` with an error (used by "repair")."""
+        """A body that answers ``call_ids`` with an error (used by "repair", which asks
+        for one call at a time)."""
 
     @abstractmethod
     def text_body(self, role: str, text: str) -> JSON:
@@ -183,17 +184,14 @@ class Adapter(ABC):
             raise DanglingToolCall(thread_id, sorted(dangling))
         if policy == "truncate":
             return list(records[: min(dangling.values())])
-        by_record: dict[int, list[str]] = {}
-        for call_id, index in dangling.items():
-            by_record.setdefault(index, []).append(call_id)
+        reason = "the tool call was interrupted and has no result"
         repaired: list[Message] = []
         for index, record in enumerate(records):
             repaired.append(record)
-            if index in by_record:
-                body = self.tool_error_body(
-                    by_record[index], "the tool call was interrupted and has no result"
-                )
-                repaired.append({"id": f"{record['id']}:repaired", "body": body})
+            missing = [c for c in self.tool_call_ids(record["body"]) if dangling.get(c) == index]
+            for n, call_id in enumerate(missing):  # one synthetic result per call
+                body = self.tool_error_body([call_id], reason)
+                repaired.append({"id": f"{record['id']}:repaired:{n}", "body": body})
         return repaired
 
     def prepare(

@@ -1,36 +1,97 @@
-"""An offline, deterministic "model" for the demo and the tests: no network, no SDK.
+"""An offline, deterministic "model" and its plain chat format, for the demo and the
+tests: no network, no SDK.
 
-It answers from a script: the n-th reply of a thread is ``script[n % len(script)]``,
-where n is the number of assistant messages the thread already holds, so the
-same history always gets the same answer (a re-run of a turn is reproducible).
+Bodies are ``{"role": "system"|"user"|"assistant"|"tool", "content": str}``; an
+assistant body may carry ``"tool_calls": [{"id", "name", "args"}]`` and a tool
+body answers one call with ``"tool_call_id"`` (and ``"is_error"``).
+
+``ScriptedModel(script)`` answers a request from its script: the n-th reply of a
+thread is ``script[n % len(script)]`` where n counts the assistant messages the
+history already holds, so the same history always gets the same answer. A script
+entry is a text (``{user}`` is replaced by the last user message) or
+``{"tool_call": {"name": ..., "args": {...}}}`` to emit a tool call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from storage.records import Message
+from adapters.base import Adapter
+from storage.records import JSON, Message
+
+
+def _body(value: JSON) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+class ScriptedAdapter(Adapter):
+    """The plain chat format above."""
+
+    name = "scripted"
+
+    def to_body(self, message: Any) -> JSON:
+        body: JSON = dict(message)
+        return body
+
+    def from_body(self, body: JSON) -> Any:
+        return dict(_body(body))
+
+    def role(self, body: JSON) -> str:
+        return str(_body(body).get("role", "user"))
+
+    def tool_call_ids(self, body: JSON) -> list[str]:
+        calls = _body(body).get("tool_calls") or []
+        return [str(call["id"]) for call in calls if isinstance(call, dict)]
+
+    def tool_result_ids(self, body: JSON) -> list[str]:
+        call_id = _body(body).get("tool_call_id")
+        return [str(call_id)] if call_id else []
+
+    def tool_error_body(self, call_ids: Sequence[str], reason: str) -> JSON:
+        return {"role": "tool", "tool_call_id": call_ids[0], "content": reason, "is_error": True}
+
+    def text_body(self, role: str, text: str) -> JSON:
+        return {"role": role, "content": text}
+
+    def tool_result_body(self, call_id: str, content: Any, *, is_error: bool = False) -> JSON:
+        return {
+            "role": "tool",
+            "tool_call_id": call_id,
+            "content": str(content),
+            "is_error": is_error,
+        }
+
+    def build_request(self, records: Sequence[Message], **options: Any) -> dict[str, Any]:
+        return {"messages": [r["body"] for r in records], **options}
 
 
 @dataclass(frozen=True)
 class ScriptedModel:
-    script: Sequence[str]
+    script: Sequence[str | dict[str, Any]]
 
-    def reply(self, history: Sequence[Message]) -> str:
+    def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The next scripted assistant message for this request's history."""
         if not self.script:
             raise ValueError("ScriptedModel needs at least one scripted reply")
-        answered = sum(
-            1
-            for m in history
-            if isinstance(m["body"], dict) and m["body"].get("role") == "assistant"
-        )
+        history = [_body(m) for m in request["messages"]]
+        answered = sum(1 for m in history if m.get("role") == "assistant")
         last_user = next(
-            (
-                m["body"].get("content")
-                for m in reversed(history)
-                if isinstance(m["body"], dict) and m["body"].get("role") == "user"
-            ),
-            None,
+            (m.get("content") for m in reversed(history) if m.get("role") == "user"), ""
         )
-        return self.script[answered % len(self.script)].format(user=last_user)
+        entry = self.script[answered % len(self.script)]
+        if isinstance(entry, dict) and "tool_call" in entry:
+            call = entry["tool_call"]
+            return {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"id": f"call-{answered}", "name": call["name"], "args": call.get("args", {})}
+                ],
+            }
+        return {"role": "assistant", "content": str(entry).format(user=last_user)}
+
+    def reply(self, history: Sequence[Message]) -> str:
+        """The text of the next reply for stored ``history`` (plain bodies)."""
+        return str(self({"messages": [m["body"] for m in history]})["content"])

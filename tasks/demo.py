@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from adapters.scripted import ScriptedModel
+from adapters.base import reply_id
+from adapters.scripted import ScriptedAdapter, ScriptedModel
 from storage.records import JSON
 from tasks.app import app
 from tasks.base import ThreadTask
@@ -22,17 +23,14 @@ DEMO_MODEL = ScriptedModel(
 
 @app.task(name="demo.scripted_agent", base=ThreadTask, bind=True)
 def scripted_agent(self: ThreadTask, thread_id: str, turn_id: str, think_ms: int = 0) -> JSON:
-    """Read the thread, ask the scripted model, append its reply exactly once.
+    """Ask the scripted model and append its reply exactly once: the reply's id is
+    derived from the turn id, so a redelivered or retried turn finds its reply
+    already stored and does not call the model again."""
 
-    The reply's id is derived from the turn id, so a redelivered or retried turn
-    finds its reply already stored and appends nothing.
-    """
-    history = self.threads.load(thread_id)
-    reply_id = f"{turn_id}:assistant"
-    if any(m["id"] == reply_id for m in history):
-        return {"reply_id": reply_id, "appended": False}
-    time.sleep(think_ms / 1000)
-    text = DEMO_MODEL.reply(history)
-    body: dict[str, Any] = {"role": "assistant", "content": text}
-    result = self.threads.append(thread_id, [{"id": reply_id, "body": body}], owner=turn_id)
-    return {"reply_id": reply_id, "appended": bool(result.appended_ids), "text": text}
+    def model(request: dict[str, Any]) -> dict[str, Any]:
+        time.sleep(think_ms / 1000)
+        return DEMO_MODEL(request)
+
+    body = ScriptedAdapter(self.threads).run_turn(thread_id, turn_id, model)
+    text = body.get("content") if isinstance(body, dict) else None
+    return {"reply_id": reply_id(turn_id), "text": text}
