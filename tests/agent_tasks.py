@@ -52,3 +52,24 @@ def flaky_agent(self: ThreadTask, thread_id: str, turn_id: str, failures: int = 
 @app.task(name="test.noop")
 def noop() -> None:
     """The baseline task for throughput comparisons."""
+
+
+@app.task(name="test.scripted_turn", base=ThreadTask, bind=True)
+def scripted_turn(self: ThreadTask, thread_id: str, turn_id: str, think_ms: int = 0) -> JSON:
+    """A model turn through the shared Adapter.run_turn with the scripted model.
+    Counts task runs (``test:runs:<turn>``) and model calls (``test:calls:<turn>``)."""
+    from adapters.scripted import ScriptedAdapter, ScriptedModel
+
+    client = redis.Redis.from_url(settings()["redis_url"])
+    client.incr(f"test:runs:{turn_id}")
+
+    def model(request: dict[str, Any]) -> dict[str, Any]:
+        client.incr(f"test:calls:{turn_id}")
+        time.sleep(think_ms / 1000)
+        return ScriptedModel(["reply to {user}"])(request)
+
+    try:
+        body = ScriptedAdapter(self.threads).run_turn(thread_id, turn_id, model)
+    finally:
+        client.close()
+    return {"body": body}

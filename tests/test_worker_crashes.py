@@ -181,7 +181,7 @@ def test_turns_survive_worker_sigkills_with_exactly_one_reply_each(
     crashes: Crashes, record_property: Callable[[str, object], None]
 ) -> None:
     thread_ids, min_turns, min_kills, budget_s = ["a", "b", "c", "d"], 4, 8, 60.0
-    agent = crashes.app.signature("test.echo_agent", kwargs={"think_ms": 300})
+    agent = crashes.app.signature("test.scripted_turn", kwargs={"think_ms": 300})
     done: dict[str, int] = {}
     started = time.monotonic()
     crashes.start_killing(seed=11)
@@ -205,14 +205,17 @@ def test_turns_survive_worker_sigkills_with_exactly_one_reply_each(
     errors = run_producers(len(thread_ids), produce)
     crashes.stop_killing()
     assert not errors, errors
-    reruns = 0
+    reruns = repeated_calls = 0
     for tid in thread_ids:
         expected = []
         for n in range(done[tid]):
-            expected += [f"{tid}-u{n:03d}", f"{tid}-t{n:03d}:reply"]
-            runs = int(crashes.hot_client.get(f"test:runs:{tid}-t{n:03d}") or 0)
-            assert runs >= 1
+            turn = f"{tid}-t{n:03d}"
+            expected += [f"{tid}-u{n:03d}", f"{turn}:assistant"]
+            runs = int(crashes.hot_client.get(f"test:runs:{turn}") or 0)
+            calls = int(crashes.hot_client.get(f"test:calls:{turn}") or 0)
+            assert 1 <= calls <= runs  # a re-run after the reply was stored calls no model
             reruns += runs - 1
+            repeated_calls += calls - 1
         assert [m["id"] for m in crashes.threads.load(tid)] == expected
         assert crashes.threads.hot.info(tid).lease_owner is None
     assert crashes.kills >= 5, "the worker was hardly killed: the test proved little"
@@ -220,6 +223,7 @@ def test_turns_survive_worker_sigkills_with_exactly_one_reply_each(
         "turns": sum(done.values()),
         "kills": crashes.kills,
         "turn_runs_repeated_after_a_kill": reruns,
+        "model_calls_repeated (killed mid-call)": repeated_calls,
         "replies_lost": 0,
         "replies_doubled": 0,
         "turns_resent_after_lost_delivery": crashes.client.resends,
