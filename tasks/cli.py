@@ -185,9 +185,19 @@ def _print_turn(title: str, final: AsyncResult[Any], started: float) -> None:
 
 @main.command()
 @click.option("--thread", "thread_id", default="demo-trip", show_default=True)
-def demo(thread_id: str) -> None:
+@click.option(
+    "--model",
+    "provider",
+    type=click.Choice(["scripted", "anthropic"]),
+    default="scripted",
+    show_default=True,
+    help="scripted: offline; anthropic: the real API (needs ANTHROPIC_API_KEY)",
+)
+def demo(thread_id: str, provider: str) -> None:
     """Three agent turns (one forked) through a real Celery worker with the offline
-    scripted model; each turn hydrates, appends, runs, flushes and evicts."""
+    scripted model (or Claude); each turn hydrates, appends, runs, flushes and evicts."""
+    if provider == "anthropic" and not os.environ.get("ANTHROPIC_API_KEY"):
+        raise click.ClickException("--model anthropic needs ANTHROPIC_API_KEY in the environment")
     with _demo_settings() as settings:
         store = _configure(settings)
         fork_id = f"{thread_id}-alt"
@@ -201,16 +211,22 @@ def demo(thread_id: str) -> None:
         try:
             worker.wait_ready(app)
             click.echo(f"started a celery worker (pid {worker.process and worker.process.pid})")
-            _run_demo(store, thread_id, fork_id)
+            _run_demo(store, thread_id, fork_id, provider)
         finally:
             worker.stop()
             click.echo("stopped the celery worker")
             app.close()
 
 
-def _run_demo(store: Threads, thread_id: str, fork_id: str) -> None:
+def _run_demo(store: Threads, thread_id: str, fork_id: str, provider: str) -> None:
     client = ThreadClient(app)
-    model = app.signature("demo.scripted_agent", kwargs={"think_ms": 50})
+    if provider == "anthropic":
+        model_name = os.environ.get("AGENT_THREADS_ANTHROPIC_MODEL", "claude-sonnet-4-5")
+        model = app.signature(
+            "adapters.anthropic.run_turn", kwargs={"model": model_name, "max_tokens": 300}
+        )
+    else:
+        model = app.signature("demo.scripted_agent", kwargs={"think_ms": 50})
 
     def user(mid: str, text: str) -> dict[str, Any]:
         return {"id": mid, "body": {"role": "user", "content": text}}

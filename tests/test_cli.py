@@ -80,3 +80,10 @@ def test_flush_idle_command_evicts_idle_threads(store: Threads) -> None:
     assert result.exit_code == 0, result.output
     assert "1 idle, 1 evicted, 0 kept hot, 0 failed" in result.output
     assert not store.hot.exists("cli-idle")
+
+
+def test_demo_with_anthropic_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    result = CliRunner().invoke(main, ["demo", "--model", "anthropic"])
+    assert result.exit_code != 0
+    assert "ANTHROPIC_API_KEY" in result.output
