@@ -1,1 +1,109 @@
-"""Model-turn task for the langchain adapter (registered only if its SDK is installed)."""
+"""Model-turn task for the langchain adapter (registered only if its SDK is installed).
+
+``adapters.langchain.run_turn`` asks a LangChain chat model for the next reply of a
+thread and appends it once, as ``<turn_id>:assistant``: a retried or redelivered
+turn finds its reply stored and does not call the model again.
+
+The model comes from ``model_factory="package.module:function"``, a zero-argument
+function returning a ``BaseChatModel``, resolved in the worker (a model object
+cannot travel as JSON). LangChain has no common error type for provider errors,
+so ``is_transient`` recognises rate limits, overloads and 429/5xx by shape; those
+are retried with exponential backoff and full jitter, everything else fails at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from storage.records import JSON
+from tasks.app import app
+from tasks.base import ThreadTask
+
+# Backoff of a transient provider error: RETRY_BACKOFF * 2**retries seconds, capped at
+# RETRY_BACKOFF_MAX, full jitter. Module constants so tests (and deployments) can tune them.
+RETRY_BACKOFF = 1.0
+RETRY_BACKOFF_MAX = 60.0
+
+_TRANSIENT_NAMES = ("RateLimit", "Overloaded")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A provider error worth retrying: a rate limit or overload (by class name, since
+    each provider package has its own classes), or an HTTP status 429 or 5xx."""
+    if any(part in cls.__name__ for cls in type(exc).__mro__ for part in _TRANSIENT_NAMES):
+        return True
+    for attribute in ("status_code", "code", "status"):
+        status = getattr(exc, attribute, None)
+        if isinstance(status, bool) or not isinstance(status, int):
+            continue
+        if status == 429 or 500 <= status <= 599:
+            return True
+    return False
+
+
+def backoff(retries: int) -> float:
+    """Seconds to wait before retry number ``retries + 1`` (full jitter)."""
+    return random.uniform(0, min(RETRY_BACKOFF_MAX, RETRY_BACKOFF * 2**retries))  # noqa: S311
+
+
+def resolve(path: str) -> Any:
+    """The object at ``"package.module:attribute"``."""
+    module_name, sep, attribute = path.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"import path {path!r} must look like 'package.module:attribute'")
+    target: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    return target
+
+
+try:
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.messages import BaseMessage
+except ImportError:  # the langchain extra is not installed: register nothing
+    pass
+else:
+    from adapters.base import IntegrityPolicy, reply_id
+    from adapters.langchain import LangChainAdapter
+
+    def build_model(model_factory: str, tools: Sequence[str] | None) -> Any:
+        """The chat model of ``model_factory``, with ``tools`` bound if given."""
+        factory: Callable[[], Any] = resolve(model_factory)
+        model = factory()
+        if not isinstance(model, BaseChatModel):
+            raise TypeError(
+                f"model_factory {model_factory!r} returned {type(model).__name__}, "
+                "not a langchain_core BaseChatModel"
+            )
+        if tools:
+            return model.bind_tools([resolve(path) for path in tools])
+        return model
+
+    @app.task(name="adapters.langchain.run_turn", base=ThreadTask, bind=True)
+    def run_turn(
+        self: ThreadTask,
+        thread_id: str,
+        turn_id: str,
+        model_factory: str,
+        tools: list[str] | None = None,
+        rewind: bool = False,
+        integrity: IntegrityPolicy | None = None,
+    ) -> JSON:
+        """One LangChain model turn on ``thread_id``; its reply is stored exactly once."""
+        adapter = LangChainAdapter(self.threads)
+
+        def call_model(request: dict[str, Any]) -> BaseMessage:
+            model = build_model(model_factory, tools)
+            try:
+                reply: BaseMessage = model.invoke(request["messages"])
+            except Exception as exc:
+                if is_transient(exc):
+                    raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
+                raise
+            return reply
+
+        body = adapter.run_turn(thread_id, turn_id, call_model, rewind=rewind, integrity=integrity)
+        return {"reply_id": reply_id(turn_id), "body": body}
