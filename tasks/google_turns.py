@@ -1,1 +1,102 @@
-"""Model-turn task for the google adapter (registered only if its SDK is installed)."""
+"""Model-turn task for the google adapter (registered only if its SDK is installed).
+
+``adapters.google_genai.run_turn`` asks Gemini for the thread's next reply and
+appends it exactly once (its id is derived from the turn id). Server errors (5xx)
+and rate limits (429) are retried with the ThreadTask backoff; any other client
+error (400, 403, ...) would fail the same way again, so it fails at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from celery.utils.time import get_exponential_backoff_interval
+
+from adapters.base import IntegrityPolicy, reply_id
+from storage.errors import AgentThreadsError
+from storage.records import JSON
+from tasks.app import app
+from tasks.base import TRANSIENT_ERRORS, ThreadTask
+
+try:
+    from google import genai
+    from google.genai import errors
+except ImportError:  # the "google" extra is not installed
+    genai = None  # type: ignore[assignment]
+
+
+class NoCandidate(AgentThreadsError):
+    """Gemini answered without a candidate message (e.g. the prompt was blocked)."""
+
+    def __init__(self, thread_id: str, detail: str) -> None:
+        super().__init__(thread_id, detail)
+        self.thread_id = thread_id
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return (
+            f"thread {self.thread_id!r}: the model returned no reply ({self.detail}); "
+            "check the prompt feedback, then run the turn again"
+        )
+
+
+RATE_LIMITED = 429
+
+if genai is not None:
+    from adapters.google_genai import DEFAULT_MODEL, GoogleGenAIAdapter
+
+    client_factory: Callable[[], genai.Client] = lambda: genai.Client()  # noqa: E731
+    """Builds the client of each model call; reads GOOGLE_API_KEY etc. (tests replace it)."""
+
+    @app.task(
+        name="adapters.google_genai.run_turn",
+        base=ThreadTask,
+        bind=True,
+        autoretry_for=(*TRANSIENT_ERRORS, errors.ServerError),
+    )
+    def run_turn(
+        self: ThreadTask,
+        thread_id: str,
+        turn_id: str,
+        model: str = DEFAULT_MODEL,
+        tools: list[dict[str, Any]] | None = None,
+        rewind: bool = False,
+        integrity: IntegrityPolicy | None = None,
+    ) -> JSON:
+        """One Gemini turn: the reply is stored as ``f"{turn_id}:assistant"``; a
+        redelivered turn finds it and does not call the model again."""
+
+        def call_model(request: dict[str, Any]) -> Any:
+            # hold the client: a collected Client closes its HTTP client mid-request
+            client = client_factory()
+            response = client.models.generate_content(**request)
+            candidates = response.candidates or []
+            if not candidates or candidates[0].content is None:
+                feedback = response.prompt_feedback
+                raise NoCandidate(thread_id, str(feedback) if feedback else "no candidates")
+            return candidates[0].content
+
+        adapter = GoogleGenAIAdapter(self.threads)
+        try:
+            body = adapter.run_turn(
+                thread_id,
+                turn_id,
+                call_model,
+                rewind=rewind,
+                integrity=integrity,
+                model=model,
+                tools=tools,
+            )
+        except errors.ClientError as exc:
+            if exc.code != RATE_LIMITED:
+                raise
+            # autoretry_for works on classes; a 429 is the one retryable client error.
+            countdown = get_exponential_backoff_interval(
+                factor=int(self.retry_backoff),
+                retries=self.request.retries,
+                maximum=self.retry_backoff_max,
+                full_jitter=bool(self.retry_jitter),
+            )
+            raise self.retry(exc=exc, countdown=countdown) from exc
+        return {"reply_id": reply_id(turn_id), "body": body}
