@@ -33,33 +33,66 @@ class EncodedMessage(NamedTuple):
 
 
 _SCALARS = (str, int, float, bool, type(None))
+_FAST_SCALARS = frozenset(_SCALARS)
 
 
 def check_json(value: object, limits: Limits, what: str) -> None:
     """Raise ``InvalidMessage`` unless ``value`` is plain JSON within ``limits.max_depth``.
 
-    Iterative, so a hostile 10,000-deep body cannot exhaust the Python stack.
+    Iterative, so a hostile 10,000-deep body cannot exhaust the Python stack. Only
+    containers are pushed; scalar children are checked in place (exact ``type()``
+    tests first: this runs for every message written, see bench/hot_store.py).
+    NaN and Infinity are left to ``json.dumps(allow_nan=False)``.
     """
     stack: list[tuple[object, int]] = [(value, 1)]
+    max_depth = limits.max_depth
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, _SCALARS):
-            if isinstance(item, float) and not math.isfinite(item):
-                raise InvalidMessage(f"{what}: {item} is not valid JSON (NaN/Infinity)")
-            continue
-        if depth > limits.max_depth:
-            raise InvalidMessage(f"{what}: nested deeper than {limits.max_depth} levels")
-        if isinstance(item, dict):  # json.dumps encodes dicts only, not other mappings
-            for key, child in item.items():
-                if not isinstance(key, str):
+        kind = type(item)
+        if kind is dict:
+            children: Iterable[object] = item.values()  # type: ignore[attr-defined]
+            for key in item:  # type: ignore[attr-defined]
+                if type(key) is not str and not isinstance(key, str):
                     raise InvalidMessage(
                         f"{what}: object keys must be strings, got {type(key).__name__}"
                     )
-                stack.append((child, depth + 1))
-        elif isinstance(item, list | tuple):
-            stack.extend((child, depth + 1) for child in item)
+        elif kind is list or kind is tuple:
+            children = item  # type: ignore[assignment]
+        elif kind in _FAST_SCALARS or isinstance(item, _SCALARS):
+            continue
+        elif isinstance(item, dict | list | tuple):
+            children = item.values() if isinstance(item, dict) else item
         else:
             raise InvalidMessage(f"{what}: {type(item).__name__} is not a JSON type")
+        if depth >= max_depth:
+            if any(type(c) not in _FAST_SCALARS for c in children):
+                raise InvalidMessage(f"{what}: nested deeper than {max_depth} levels")
+            continue
+        for child in children:
+            if type(child) not in _FAST_SCALARS:
+                stack.append((child, depth + 1))
+
+
+def _non_finite(value: object) -> float | None:
+    """The first NaN/Infinity in ``value`` (only called to explain a failed encode)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return item
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return None
+
+
+def _encode_failure(what: str, value: object, exc: ValueError) -> InvalidMessage:
+    bad = _non_finite(value)
+    if bad is not None:
+        return InvalidMessage(f"{what}: {bad} is not valid JSON (NaN/Infinity)")
+    # lone surrogates (UnicodeEncodeError), ints over 4300 digits
+    return InvalidMessage(f"{what} cannot be encoded ({exc})")
 
 
 def _dumps(value: object) -> bytes:
@@ -87,8 +120,8 @@ def encode_message(message: object, limits: Limits = DEFAULT_LIMITS) -> EncodedM
     check_json(message["body"], limits, f"message {message_id!r}")
     try:
         record = _dumps({"id": message_id, "body": message["body"]})
-    except ValueError as exc:  # lone surrogates (UnicodeEncodeError), ints over 4300 digits
-        raise InvalidMessage(f"message {message_id!r}: body cannot be encoded ({exc})") from exc
+    except ValueError as exc:
+        raise _encode_failure(f"message {message_id!r}", message["body"], exc) from exc
     if len(record) > limits.max_message_bytes:
         raise InvalidMessage(
             f"message {message_id!r} is {len(record)} bytes encoded; "
@@ -126,8 +159,8 @@ def encode_state(state: object, limits: Limits = DEFAULT_LIMITS) -> bytes:
     check_json(state, limits, "state")
     try:
         encoded = _dumps(state)
-    except ValueError as exc:  # lone surrogates (UnicodeEncodeError), ints over 4300 digits
-        raise InvalidMessage(f"state cannot be encoded ({exc})") from exc
+    except ValueError as exc:
+        raise _encode_failure("state", state, exc) from exc
     if len(encoded) > limits.max_state_bytes:
         raise InvalidMessage(
             f"state is {len(encoded)} bytes encoded; the limit is {limits.max_state_bytes}"
