@@ -87,7 +87,9 @@ def _loads(data: bytes, failure: str) -> Any:
 
 
 def _record_prefix(message_id: str) -> bytes:
-    return b'{"id":' + json.dumps(message_id, ensure_ascii=False).encode() + b',"body":'
+    if '"' in message_id or "\\" in message_id:  # needs JSON escaping
+        return b'{"id":' + json.dumps(message_id, ensure_ascii=False).encode() + b',"body":'
+    return b'{"id":"' + message_id.encode() + b'","body":'
 
 
 DEFAULT_LEVELS: dict[str, int] = {"gzip": 3, "zstd": 3}
