@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 		|| { echo "agent-threads needs Python >= 3.11 (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -26,11 +26,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
+	$(BIN)/python -m bench.report --quick
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.hot_store
-	$(BIN)/python -m bench.tiering
-	$(BIN)/python -m bench.celery_throughput
+	$(BIN)/python -m bench.report
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

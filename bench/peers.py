@@ -47,7 +47,7 @@ import redis.asyncio as aioredis
 
 from storage import HotStore
 from storage.embedded import EmbeddedRedis
-from storage.records import encode_batch, encode_message
+from storage.records import encode_message
 
 try:  # the peer is optional: the benchmark still runs (and says so) without it
     import agents

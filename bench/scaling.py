@@ -31,8 +31,8 @@ Method (as ``bench.hot_store``): ``time.perf_counter_ns`` around the call only
 encoding/validation inside ours is inside), a warm-up phase per measure, the
 garbage collector paused while timing, ours and the baseline in alternating
 blocks. Large threads are built with batched appends of 1,000 messages. An
-append is undone (untimed: ``truncate_from`` / ``RPOP``) after every repeat so
-the length stays the one measured.
+append is undone after every repeat (untimed, O(1): ``RPOP`` + ``HDEL`` of its
+ledger entry / ``RPOP``) so the length stays the one measured.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from typing import Any
 
 import redis
 
-from bench.hot_store import Stats, chat_body, measure, message
+from bench.hot_store import Stats, chat_body, measure, message, run
 from storage import HotStore
 from storage.cold import FileColdStore
 from storage.embedded import EmbeddedRedis
@@ -134,13 +134,22 @@ class Scaling:
         m = self.mode
         new = [{"id": f"new-{i:09d}", "body": chat_body(i)} for i in range(1000)]
         new_records = [encode_message(msg).record for msg in new]
+        keys = self.store.keys(tid)
+
+        def undo(message_id: str) -> None:
+            # O(1) and untimed, mirroring the raw RPOP: drop the record and its
+            # ledger entry (the version bump stays; nothing reads it here).
+            pipe = self.r.pipeline(transaction=True)
+            pipe.rpop(keys.msgs)
+            pipe.hdel(keys.ids, message_id)
+            pipe.execute()
 
         def ours_append(i: int) -> int:
             msg = new[i % len(new)]
             t0 = time.perf_counter_ns()
             self.store.append(tid, [msg])
             elapsed = time.perf_counter_ns() - t0
-            self.store.truncate_from(tid, msg["id"])  # untimed: back to ``length``
+            undo(msg["id"])  # untimed: back to ``length``
             return elapsed
 
         def raw_append(i: int) -> int:
@@ -174,6 +183,16 @@ class Scaling:
         ours, raw = measure(ours_tail, raw_tail, m.small, m.small_warmup, m.block)
         self.add(f"tail {TAIL}", length, ours, raw)
 
+        def raw_head(i: int) -> int:  # diagnostic: the same read from the head
+            t0 = time.perf_counter_ns()
+            records = [json.loads(raw) for raw in self.r.lrange(key, 0, TAIL - 1)]
+            elapsed = time.perf_counter_ns() - t0
+            assert len(records) == expected
+            return elapsed
+
+        run(raw_head, 0, m.small_warmup)
+        self.rows[-1]["raw_head_us"] = round(Stats(run(raw_head, 0, m.small)).median_us, 2)
+
     def fork_and_truncate(self, length: int, tid: str, key: str) -> None:
         n = self.mode.copy[length]
         warmup = max(2, n // 10)
@@ -184,7 +203,8 @@ class Scaling:
             t0 = time.perf_counter_ns()
             result = self.store.fork(tid, dst)
             elapsed = time.perf_counter_ns() - t0
-            assert result.created and result.length == length
+            assert result.created
+            assert result.length == length
             self.store.delete(dst)
             return elapsed
 
@@ -288,7 +308,7 @@ def memory(client: redis.Redis, threads: int = 100, per_thread: int = 100) -> di
 
 def count_keys(client: redis.Redis, namespace: str) -> dict[str, Any]:
     """Keys of ``namespace`` by kind (SCAN), marker TTLs, and activity index size."""
-    counts: dict[str, int] = {kind: 0 for kind in (*DATA_KINDS, "archived", "staging", "other")}
+    counts: dict[str, int] = dict.fromkeys((*DATA_KINDS, "archived", "staging", "other"), 0)
     markers: list[bytes] = []
     activity = f"{namespace}:activity"
     for raw_key in client.scan_iter(match=f"{namespace}:*", count=1000):
@@ -524,6 +544,11 @@ def main(argv: list[str] | None = None) -> int:
     print(scaling_table(scaling))
     print("   raw: RPUSH; LRANGE -20 -1 + json.loads each; LRANGE 0 -1 + pipelined RPUSH")
     print("   chunks of 1,000 (fork: no ledger/state copy, not atomic); LTRIM 0 -11")
+    heads = ", ".join(
+        f"{row['length']:,}: {us(row['raw_head_us'])}" for row in scaling if "raw_head_us" in row
+    )
+    print(f"   diagnostic, raw LRANGE 0 {TAIL - 1} (head) + json.loads, median µs: {heads}")
+    print(f"   (tail at length 10 returns 10 records, at the other lengths {TAIL})")
     print()
     print("2. Redis memory per stored message (INFO memory used_memory, before/after)")
     print(memory_table(mem))
