@@ -118,6 +118,8 @@ class Stats:
 
     @property
     def p99_us(self) -> float:
+        if len(self.samples) < 2:
+            return self.samples[0] / 1000
         return statistics.quantiles(self.samples, n=100, method="inclusive")[98] / 1000
 
     @property

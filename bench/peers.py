@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import platform
-import statistics
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -45,6 +43,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
+from bench.hot_store import Stats, run
 from storage import HotStore
 from storage.embedded import EmbeddedRedis
 from storage.records import encode_message
@@ -138,35 +137,6 @@ def record(n: int) -> bytes:
 
 
 # -- statistics ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Stats:
-    samples: list[int]  # ns
-
-    @property
-    def median_us(self) -> float:
-        return statistics.median(self.samples) / 1000
-
-    @property
-    def p99_us(self) -> float:
-        if len(self.samples) < 2:
-            return self.samples[0] / 1000
-        return statistics.quantiles(self.samples, n=100, method="inclusive")[98] / 1000
-
-    @property
-    def ops_per_s(self) -> float:
-        """Sequential throughput: operations per second of time spent in the operation."""
-        return len(self.samples) / (sum(self.samples) / 1e9)
-
-
-def run(op: TimedOp, start: int, n: int) -> list[int]:
-    gc.collect()
-    gc.disable()
-    try:
-        return [op(i) for i in range(start, start + n)]
-    finally:
-        gc.enable()
 
 
 def measure(ops: dict[str, TimedOp], n: int, block: int) -> dict[str, Stats]:
