@@ -91,12 +91,12 @@ class Mode:
 
 
 QUICK = Mode(
-    single=1_500,
-    batch10=300,
-    batch100=60,
-    dup=1_000,
-    load=((100, 150), (1_000, 30), (10_000, 6)),
-    block=100,
+    single=600,
+    batch10=120,
+    batch100=30,
+    dup=400,
+    load=((100, 60), (1_000, 12), (10_000, 3)),
+    block=50,
 )
 FULL = Mode(
     single=10_000,
@@ -433,7 +433,7 @@ def table(rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.peers", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="few iterations (< 40 s)")
+    parser.add_argument("--quick", action="store_true", help="few iterations (< 20 s)")
     parser.add_argument("--json", metavar="PATH", help="also write all medians as JSON")
     args = parser.parse_args(argv)
     mode = QUICK if args.quick else FULL
