@@ -168,11 +168,6 @@ def encode_state(state: object, limits: Limits = DEFAULT_LIMITS) -> bytes:
     return encoded
 
 
-def decode_record(raw: bytes | str) -> Message:
-    record: Message = json.loads(raw)
-    return record
-
-
 def decode_records(raws: Sequence[bytes | str]) -> list[Message]:
     return [json.loads(raw) for raw in raws]
 

@@ -117,23 +117,9 @@ class ThreadClient:
         thread_id: str,
         new_messages: Iterable[Mapping[str, Any]],
         run: Signature[Any],
-        *,
-        turn_id: str,
-        mode: Mode = "continue",
-        source: str | None = None,
-        up_to_id: str | None = None,
+        **options: Any,
     ) -> Any:
-        """Run one agent turn and wait for it, re-sending the whole (idempotent) turn
-        if its chain stalled on a lost message."""
+        """``turn`` (same keyword options: turn_id, mode, source, up_to_id), then wait,
+        re-sending the whole (idempotent) turn if its chain stalled on a lost message."""
         messages = [dict(m) for m in new_messages]
-        return self.deliver(
-            lambda: self.turn(
-                thread_id,
-                messages,
-                run,
-                turn_id=turn_id,
-                mode=mode,
-                source=source,
-                up_to_id=up_to_id,
-            )
-        )
+        return self.deliver(lambda: self.turn(thread_id, messages, run, **options))
