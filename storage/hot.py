@@ -1,5 +1,6 @@
 """HotStore: the Redis hot tier. Every mutation is exactly one Lua script call
-(range reads are one MULTI/EXEC transaction, see ``load``).
+(range reads are one MULTI/EXEC transaction, see ``load``; a fork between two
+Redis Cluster slots is one script per slot, see ``_fork_across_slots``).
 
 Each public method validates its input in Python (raising a typed error before
 any I/O), makes one script call, and turns the script's reply into a typed
@@ -9,9 +10,10 @@ refused call writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from functools import cache
 from importlib import resources
@@ -21,6 +23,7 @@ import redis
 from redis.commands.core import Script
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from storage.errors import (
@@ -58,13 +61,20 @@ RedisClient: TypeAlias = "redis.Redis | redis.RedisCluster"
 
 DEFAULT_TTL_SECONDS = 90 * 24 * 3600
 STAGING_TTL_MS = 10 * 60 * 1000
-"""Staging keys of an interrupted large hydrate expire after this long."""
+"""Staging keys of an interrupted large hydrate or fork expire after this long."""
+CHUNK_RECORDS = 2000
+"""Records written by one script call; a larger restore or cross-slot fork is staged."""
+CHUNK_BYTES = 8 * 1024 * 1024
+"""Record bytes per script call: chunks stop here too, so one call never carries
+``CHUNK_RECORDS`` records of up to 1 MiB each."""
 
 _SCRIPT_NAMES = (
     "create",
     "append",
     "info",
     "fork",
+    "fork_read",
+    "fork_write",
     "truncate",
     "replace",
     "save_state",
@@ -79,12 +89,21 @@ _SCRIPT_NAMES = (
 )
 
 
+_SCRIPT_PARTS: dict[str, tuple[str, ...]] = {
+    # the destination half of a fork, the same whether the source shares its slot
+    "fork": ("_fork",),
+    "fork_write": ("_fork",),
+}
+"""Shared Lua parts (``lua/_<part>.lua``) a script needs after the prelude."""
+
+
 @cache
 def script_source(name: str) -> str:
-    """The Lua source of one operation, with the shared prelude in front."""
+    """The Lua source of one operation: the shared prelude, the shared parts it
+    uses (``_SCRIPT_PARTS``), then its own file."""
     folder = resources.files("storage") / "lua"
-    prelude = (folder / "_prelude.lua").read_text(encoding="utf-8")
-    return prelude + "\n" + (folder / f"{name}.lua").read_text(encoding="utf-8")
+    parts = ("_prelude", *_SCRIPT_PARTS.get(name, ()), name)
+    return "\n".join((folder / f"{part}.lua").read_text(encoding="utf-8") for part in parts)
 
 
 def new_epoch() -> str:
@@ -103,6 +122,36 @@ def _pairs(flat: list[Any]) -> dict[str, str]:
 
 def _optional_int(value: Any) -> int | None:
     return None if value is None else int(value)
+
+
+def _ledger_order(thread_id: str, length: int, flat: list[Any]) -> tuple[list[str], list[str]]:
+    """A ledger (flat HGETALL of id -> position) as (ids in list order, retired ids)."""
+    ids: list[str | None] = [None] * length
+    retired: list[str] = []
+    for message_id, position in _pairs(flat).items():
+        if int(position) < 0:
+            retired.append(message_id)
+        elif int(position) < length:
+            ids[int(position)] = message_id
+        else:
+            raise RuntimeError(f"ledger of thread {thread_id!r} points past its list")
+    ordered = [i for i in ids if i is not None]
+    if len(ordered) != length:
+        raise RuntimeError(f"ledger of thread {thread_id!r} does not cover its list")
+    return ordered, sorted(retired)
+
+
+def _spans(records: Sequence[str | bytes], chunk_size: int) -> list[tuple[int, int]]:
+    """``[first, end)`` ranges of at most ``chunk_size`` records and about
+    ``CHUNK_BYTES`` each (at least one record each): one range means one call."""
+    spans, first, size = [], 0, 0
+    for i, record in enumerate(records):
+        if i > first and (i - first >= chunk_size or size + len(record) > CHUNK_BYTES):
+            spans.append((first, i))
+            first, size = i, 0
+        size += len(record)
+    spans.append((first, len(records)))
+    return spans
 
 
 class HotStore:
@@ -293,28 +342,35 @@ class HotStore:
     def version(self, thread_id: str) -> int:
         return self.info(thread_id).version
 
-    def fork(self, source_id: str, dest_id: str, up_to_id: str | None = None) -> ForkResult:
+    def fork(
+        self,
+        source_id: str,
+        dest_id: str,
+        up_to_id: str | None = None,
+        *,
+        chunk_size: int = CHUNK_RECORDS,
+    ) -> ForkResult:
         """Copy ``source_id`` (up to and including ``up_to_id``) into a new thread.
 
         Records, dedup ledger and state are copied in one script and the parent
         recorded. Repeating the same fork returns the existing copy
         (``created=False``); a destination with other content raises
-        ``ThreadExists``.
+        ``ThreadExists``. On Redis Cluster, threads in different slots take one
+        script per slot (see ``_fork_across_slots``), with the same results;
+        ``chunk_size`` bounds the records one call of that path writes.
         """
         src = self.keys(source_id)
         dst = self.keys(dest_id)
         if source_id == dest_id:
             raise InvalidThreadId(f"cannot fork thread {source_id!r} onto itself")
         point = "" if up_to_id is None else validate_message_id(up_to_id, self.limits)
-        if isinstance(self.redis, redis.RedisCluster) and key_slot(src.meta.encode()) != key_slot(
-            dst.meta.encode()
-        ):
-            raise NotImplementedError(
-                f"fork of {source_id!r} into {dest_id!r} crosses Redis Cluster slots; "
-                "cross-slot fork is not implemented yet (the single script needs one slot)"
-            )
-        args = [self._ttl_ms, source_id, point, new_epoch()]
-        reply = self._call("fork", dst.data + src.data, args)
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be >= 1")
+        if self._one_slot(src, dst):
+            args = [self._ttl_ms, source_id, point, new_epoch()]
+            reply = self._call("fork", dst.data + src.data, args)
+        else:
+            reply = self._fork_across_slots(source_id, src, dst, point, chunk_size)
         status = _text(reply[0])
         if status == "archived":
             raise ThreadExists(dest_id, "it is archived in the cold tier; hydrate it first")
@@ -326,8 +382,52 @@ class HotStore:
                 f"a fork of {parent!r} at {fork_point or 'its end'!r}" if parent else "a thread"
             )
             raise ThreadExists(dest_id, f"it is {origin}; delete it or fork to another id")
+        if status == "incomplete":
+            raise HotStoreUnavailable(
+                f"the staged copy of {source_id!r} into {dest_id!r} expired or was evicted "
+                "before the swap; nothing was written, retry the fork"
+            )
         _, created, length, version = self._checked(source_id, reply)
         return ForkResult(created=bool(created), length=int(length), version=int(version))
+
+    def _one_slot(self, first: ThreadKeys, second: ThreadKeys) -> bool:
+        """Whether one script may touch both threads (always, outside Redis Cluster)."""
+        if not isinstance(self.redis, redis.RedisCluster):
+            return True
+        return key_slot(first.meta.encode()) == key_slot(second.meta.encode())
+
+    def _fork_across_slots(
+        self, source_id: str, src: ThreadKeys, dst: ThreadKeys, point: str, chunk_size: int
+    ) -> list[Any]:
+        """A fork between two Redis Cluster slots, as one script per slot; returns a
+        reply shaped like fork.lua's.
+
+        fork_read.lua reads the source consistently (records up to the cut, their
+        ledger entries, retired ids, state); fork_write.lua applies the
+        destination rules of fork.lua (shared in _fork.lua) and writes. A source
+        write that lands between the two is not part of the fork, as if it came
+        after a single-script fork. A large fork is staged in chunks under the
+        destination's staging keys and swapped in by fork_write.lua, so no reader
+        sees a partial fork and a repeat or a concurrent duplicate is still a no-op.
+        """
+        read = self._call("fork_read", src.data, [point])
+        if _text(read[0]) != "ok":
+            return list(read)
+        _, records, ledger, state = read
+        ids, retired = _ledger_order(source_id, len(records), ledger)
+        staging = dst.staging(uuid.uuid4().hex)
+        header = [self._ttl_ms, source_id, point, new_epoch()]
+        spans = _spans(records, chunk_size)
+        if len(spans) == 1:
+            args = [*header, "inline", len(records), state, *ids, *records, *retired]
+            return list(self._call("fork_write", dst.data + staging, args))
+        try:
+            if not self._stage(dst, staging, ids, records, retired, spans):
+                return ["incomplete"]
+            args = [*header, "staged", len(records), state]
+            return list(self._call("fork_write", dst.data + staging, args))
+        finally:
+            self._discard(staging)
 
     def truncate_from(self, thread_id: str, message_id: str) -> TruncateResult:
         """Drop ``message_id`` and everything after it; their ids may be appended again.
@@ -453,16 +553,7 @@ class HotStore:
         if _text(reply[0]) == "unchanged":
             return source
         records = tuple(r.encode() if isinstance(r, str) else bytes(r) for r in reply[2])
-        ledger = _pairs(reply[3])
-        ids: list[str | None] = [None] * len(records)
-        retired: list[str] = []
-        for message_id, position in ledger.items():
-            if int(position) < 0:
-                retired.append(message_id)
-            else:
-                ids[int(position)] = message_id
-        if any(i is None for i in ids):
-            raise RuntimeError(f"ledger of thread {thread_id!r} does not cover its list")
+        ids, retired = _ledger_order(thread_id, len(records), reply[3])
         snapshot = Snapshot(
             thread_id=thread_id,
             namespace=self.namespace,
@@ -474,9 +565,9 @@ class HotStore:
             fork_point=meta.get("fork_point") or None,
             creator=meta.get("creator") or None,
             state=decode_state(reply[4] or None),
-            ids=tuple(i for i in ids if i is not None),
+            ids=tuple(ids),
             records=records,
-            retired_ids=tuple(sorted(retired)),
+            retired_ids=tuple(retired),
             finished_turns=tuple(sorted(_text(t) for t in reply[5])),
         )
         return replace(source, snapshot=snapshot)
@@ -510,24 +601,26 @@ class HotStore:
         return FlushCommit(outcome, int(reply[1]), holder or None)
 
     def restore(
-        self, snapshot: Snapshot, etag: str, *, chunk_size: int = 2000, pin_ms: int = 0
+        self, snapshot: Snapshot, etag: str, *, chunk_size: int = CHUNK_RECORDS, pin_ms: int = 0
     ) -> str:
         """Make ``snapshot`` the hot thread atomically: "restored", "hot" (already
         hot, nothing written), "stale" (older than the archive last evicted here)
         or "incomplete" (staging expired; start over).
 
-        Up to ``chunk_size`` records go in the one restore script; larger threads
-        are staged in chunks under keys no reader looks at, then swapped in by
-        the restore script, so a reader never sees a half-restored thread.
+        Up to ``chunk_size`` records (and ``CHUNK_BYTES``) go in the one restore
+        script; larger threads are staged in chunks under keys no reader looks
+        at, then swapped in by the restore script, so a reader never sees a
+        half-restored thread.
         ``pin_ms`` keeps the restored thread from eviction that long.
         """
         keys = self.keys(snapshot.thread_id)
         staging = keys.staging(uuid.uuid4().hex)
         count = len(snapshot.records)
+        spans = _spans(snapshot.records, chunk_size)
         state = encode_state(snapshot.state, self.limits) if snapshot.state else b""
         header = [
             self._ttl_ms,
-            "inline" if count <= chunk_size else "staged",
+            "inline" if len(spans) == 1 else "staged",
             count,
             snapshot.version,
             snapshot.epoch,
@@ -543,17 +636,38 @@ class HotStore:
             len(snapshot.finished_turns),
             *snapshot.finished_turns,
         ]
-        if count <= chunk_size:
+        if len(spans) == 1:
             args = [*header, *snapshot.ids, *snapshot.records, *snapshot.retired_ids]
             return _text(self._call("restore", keys.data + staging, args)[0])
         try:
-            for first in range(0, count, chunk_size):
-                chunk_ids = snapshot.ids[first : first + chunk_size]
-                chunk = snapshot.records[first : first + chunk_size]
-                retired = snapshot.retired_ids if first == 0 else ()
-                args = [STAGING_TTL_MS, first, len(chunk), *chunk_ids, *chunk, *retired]
-                if self._call("stage", keys.data + staging, args) < 0:
-                    return "incomplete"
+            ids, records, retired = snapshot.ids, snapshot.records, snapshot.retired_ids
+            if not self._stage(keys, staging, ids, records, retired, spans):
+                return "incomplete"
             return _text(self._call("restore", keys.data + staging, header)[0])
         finally:
-            self.redis.delete(*staging)  # a no-op after a successful swap
+            self._discard(staging)
+
+    def _stage(
+        self,
+        keys: ThreadKeys,
+        staging: list[str],
+        ids: Sequence[str],
+        records: Sequence[str | bytes],
+        retired: Sequence[str],
+        spans: list[tuple[int, int]],
+    ) -> bool:
+        """Write ``records`` and their ledger into ``staging`` (keys of ``keys``'s
+        slot), one stage script per span; False if a chunk went missing."""
+        for first, end in spans:
+            args = [STAGING_TTL_MS, first, end - first, *ids[first:end], *records[first:end]]
+            if first == 0:
+                args += retired
+            if self._call("stage", keys.data + staging, args) < 0:
+                return False
+        return True
+
+    def _discard(self, staging: list[str]) -> None:
+        """Delete staging keys; a no-op after a successful swap. Failing to reach
+        Redis here is not an error of its own: the keys expire by themselves."""
+        with contextlib.suppress(RedisError):
+            self.redis.delete(*staging)

@@ -113,7 +113,9 @@ class ThreadKeys:
 
     @property
     def turns(self) -> str:
-        """HASH lease owner -> finished ms: turns that ended and may not take the lease again."""
+        """HASH lease owner -> finished ms: turns that ended and may not take the lease again.
+        Kept after eviction as long as the archive marker (a late duplicate of the turn
+        whose flush evicted the thread must still find it finished after a restore)."""
         return self._key("turns")
 
     def staging(self, token: str) -> list[str]:

@@ -13,37 +13,87 @@ from urllib.parse import urlparse
 
 import boto3
 import redis
+from botocore.config import Config as BotoConfig
 from celery import Celery
 from celery.signals import worker_process_init
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from storage import HotStore
 from storage.cold import ColdStore, FileColdStore, S3ColdStore
+from storage.keys import KeyLayout
 from storage.tiered import Threads
+from tasks import logs as _logs  # noqa: F401 - connects the structured-logging signals
+from tasks.metrics import InstrumentedThreads
 
 app = Celery("agent_threads")
 app.config_from_object("celeryconfig")
 
+DEFAULT_NAMESPACE = KeyLayout().namespace
+
 
 def cold_store_from_url(
-    url: str, *, s3_endpoint_url: str | None = None, s3_region: str | None = None
+    url: str,
+    *,
+    s3_endpoint_url: str | None = None,
+    s3_region: str | None = None,
+    s3_connect_timeout: float = 5.0,
+    s3_read_timeout: float = 30.0,
+    s3_max_attempts: int = 3,
+    s3_sse: str | None = None,
+    s3_sse_kms_key_id: str | None = None,
+    namespace: str | None = None,
 ) -> ColdStore:
     """``s3://bucket/prefix`` -> S3ColdStore, ``file:///abs/path`` or ``file://rel/path``
-    -> FileColdStore."""
+    -> FileColdStore. ``namespace`` keys the archives under ``prefix/<namespace>/``
+    (see ``storage.cold.namespaced_prefix``). ``s3_sse`` ("AES256" or "aws:kms", with
+    ``s3_sse_kms_key_id``) encrypts every archive written (S3 server-side encryption).
+
+    The S3 client has finite timeouts and few attempts of its own (botocore's
+    defaults, 60 s x 5 attempts, would hold a task for minutes on a stalled
+    endpoint): the task's retry policy is what waits out an outage."""
     parsed = urlparse(url)
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ValueError(f"cold store URL {url!r} names no bucket: use s3://bucket/prefix")
-        client = boto3.client("s3", endpoint_url=s3_endpoint_url, region_name=s3_region)
-        return S3ColdStore(client, parsed.netloc, parsed.path.strip("/") or "threads")
+        config = BotoConfig(
+            connect_timeout=s3_connect_timeout,
+            read_timeout=s3_read_timeout,
+            retries={"mode": "standard", "total_max_attempts": s3_max_attempts},
+        )
+        client = boto3.client(
+            "s3", endpoint_url=s3_endpoint_url, region_name=s3_region, config=config
+        )
+        prefix = parsed.path.strip("/") or "threads"
+        sse = {"ServerSideEncryption": s3_sse} if s3_sse else {}
+        if s3_sse_kms_key_id:
+            sse["SSEKMSKeyId"] = s3_sse_kms_key_id
+        return S3ColdStore(client, parsed.netloc, prefix, sse=sse, namespace=namespace)
     if parsed.scheme == "file":
-        return FileColdStore(parsed.netloc + parsed.path)
+        return FileColdStore(parsed.netloc + parsed.path, namespace=namespace)
     raise ValueError(f"unsupported cold store URL {url!r}: use s3://bucket/prefix or file:///path")
+
+
+def hot_redis_from_settings(settings: Mapping[str, Any]) -> redis.Redis:
+    """The hot tier's Redis client: finite connect and reply timeouts, and only
+    ``redis_retries`` immediate retries of its own (redis-py 6+ otherwise retries
+    10 times, each after a full socket timeout), so a stalled Redis becomes a
+    ``HotStoreUnavailable`` and a task retry instead of a hung worker thread."""
+    retry = Retry(ExponentialBackoff(cap=0.5, base=0.01), settings.get("redis_retries", 1))
+    client: redis.Redis = redis.Redis.from_url(
+        settings["redis_url"],
+        socket_timeout=settings.get("redis_socket_timeout", 5.0),
+        socket_connect_timeout=settings.get("redis_connect_timeout", 5.0),
+        socket_keepalive=True,
+        retry=retry,
+    )
+    return client
 
 
 def build_threads(settings: Mapping[str, Any]) -> Threads:
     """The storage a worker uses, from the ``agent_threads`` settings dict."""
     hot = HotStore(
-        redis.Redis.from_url(settings["redis_url"]),
+        hot_redis_from_settings(settings),
         namespace=settings["namespace"],
         ttl_seconds=settings["ttl_seconds"],
     )
@@ -51,8 +101,16 @@ def build_threads(settings: Mapping[str, Any]) -> Threads:
         settings["cold_url"],
         s3_endpoint_url=settings.get("s3_endpoint_url"),
         s3_region=settings.get("s3_region"),
+        s3_connect_timeout=settings.get("s3_connect_timeout", 5.0),
+        s3_read_timeout=settings.get("s3_read_timeout", 30.0),
+        s3_max_attempts=settings.get("s3_max_attempts", 3),
+        s3_sse=settings.get("s3_sse"),
+        s3_sse_kms_key_id=settings.get("s3_sse_kms_key_id"),
+        # Tenants sharing a bucket get their own object keys; the default namespace
+        # keeps the documented single-tenant layout prefix/<shard>/<tid>.json.gz.
+        namespace=None if hot.namespace == DEFAULT_NAMESPACE else hot.namespace,
     )
-    return Threads(hot, cold)
+    return InstrumentedThreads(hot, cold)  # Threads plus metrics and log lines
 
 
 @cache

@@ -7,6 +7,11 @@
   number of times; then the typed error is what the caller sees.
 * every other error (invalid input, unknown thread, corrupt snapshot, a lost
   lease, ...) fails at once with its message; it would fail the same way again.
+
+The bounds come from the ``agent_threads`` settings (``AGENT_THREADS_MAX_RETRIES``,
+``_RETRY_BACKOFF``, ``_RETRY_BACKOFF_MAX``), read once when this module is imported.
+Celery's backoff is in whole seconds: the delay before retry n is a random
+0..min(backoff_max, backoff * 2**n) seconds.
 """
 
 from __future__ import annotations
@@ -38,16 +43,19 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+_POLICY = app_module.settings()
+
+
 class ThreadTask(Task[Any, Any]):
     """Base class of the threads.* tasks (and a good base for your agent tasks)."""
 
     acks_late = True
     reject_on_worker_lost = True
     autoretry_for = TRANSIENT_ERRORS
-    retry_backoff = 1  # seconds: 1, 2, 4, ... capped below, each with full jitter
-    retry_backoff_max = 30
+    retry_backoff = int(_POLICY.get("retry_backoff", 1))  # seconds: 1, 2, 4, ... full jitter
+    retry_backoff_max = int(_POLICY.get("retry_backoff_max", 30))
     retry_jitter = True
-    max_retries = 8
+    max_retries = int(_POLICY.get("max_retries", 8))
     # expected failures are logged without a traceback
     throws = (AgentThreadsError,)
 

@@ -26,6 +26,7 @@ class WorkerProcess:
         concurrency: int = 4,
         log_path: str | None = None,
         cwd: str | None = None,
+        loglevel: str = "WARNING",
     ) -> None:
         self.env = env
         self.queues = queues
@@ -34,6 +35,7 @@ class WorkerProcess:
         self.concurrency = concurrency
         self.log_path = log_path
         self.cwd = cwd
+        self.loglevel = loglevel
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -41,7 +43,7 @@ class WorkerProcess:
         command = [
             sys.executable, "-m", "celery", "-A", "tasks.app", "worker",
             "-P", self.pool, "-c", str(self.concurrency), "-Q", ",".join(self.queues),
-            "-n", self.name, "-l", "WARNING",
+            "-n", self.name, "-l", self.loglevel,
             "--without-heartbeat", "--without-gossip", "--without-mingle",
         ]  # fmt: skip
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115

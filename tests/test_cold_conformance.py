@@ -16,12 +16,14 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from storage.cold import ColdStore, FileColdStore, S3ColdStore
 from storage.embedded import free_port
@@ -445,18 +447,35 @@ def test_a_zstd_store_round_trips_and_either_compression_reads_both(
     assert raw_object(any_cold, TID).startswith(ZSTD_MAGIC)
 
 
-def test_sse_settings_are_passed_to_s3(any_s3_cold: S3ColdStore) -> None:
+KMS_KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/0a1b2c3d-agent-threads-test"
+
+
+@pytest.mark.parametrize(
+    "sse",
+    [
+        pytest.param({"ServerSideEncryption": "AES256"}, id="sse-s3"),
+        pytest.param({"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": KMS_KEY_ARN}, id="sse-kms"),
+    ],
+)
+def test_sse_settings_are_passed_to_s3(any_s3_cold: S3ColdStore, sse: dict[str, str]) -> None:
     client, bucket = any_s3_cold.client, any_s3_cold.bucket
-    client.put_object(Bucket=bucket, Key="probe", Body=b"x", ServerSideEncryption="AES256")
-    if client.head_object(Bucket=bucket, Key="probe").get("ServerSideEncryption") != "AES256":
-        pytest.skip("this S3 server does not report ServerSideEncryption on head_object")
-    encrypted = sibling(any_s3_cold, sse={"ServerSideEncryption": "AES256"})
+    try:
+        client.put_object(Bucket=bucket, Key="probe", Body=b"x", **sse)  # type: ignore[arg-type]
+    except ClientError as exc:  # e.g. SeaweedFS has no KMS: InternalError
+        pytest.skip(f"this S3 server refuses {sse}: {exc}")
+    probe = client.head_object(Bucket=bucket, Key="probe")
+    if any(probe.get(name) != value for name, value in sse.items()):
+        pytest.skip(f"this S3 server does not report {sorted(sse)} on head_object")
+    encrypted = sibling(any_s3_cold, sse=sse)
 
     etag = encrypted.write(TID, snapshot(), None)
-
     head = client.head_object(Bucket=bucket, Key=expected_key(TID))
-    assert head["ServerSideEncryption"] == "AES256"
-    assert encrypted.read(TID) == (snapshot(), etag)
+    assert {name: head.get(name) for name in sse} == sse
+    # a compare-and-swap replace (every later flush) is encrypted the same way
+    replaced = encrypted.write(TID, snapshot(version=2), etag)
+    head = client.head_object(Bucket=bucket, Key=expected_key(TID))
+    assert {name: head.get(name) for name in sse} == sse
+    assert encrypted.read(TID) == (snapshot(version=2), replaced)
 
 
 # --- failures -------------------------------------------------------------------------
@@ -501,3 +520,91 @@ def test_a_missing_bucket_is_a_permanent_error(any_s3_cold: S3ColdStore, operati
 
     assert not isinstance(raised.value, ColdStoreConflict | ColdStoreUnavailable)
     assert raised.value.transient is False
+
+
+# --- listing ----------------------------------------------------------------------------
+
+
+def put_raw_key(store: ColdStore, key: str, data: bytes) -> None:
+    """Put bytes under any key (relative to the bucket / root), bypassing the store."""
+    if isinstance(store, S3ColdStore):
+        store.client.put_object(Bucket=store.bucket, Key=key, Body=data)
+        return
+    assert isinstance(store, FileColdStore)
+    path = store.root / key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def test_list_of_an_empty_store_is_empty(any_cold: ColdStore) -> None:
+    assert list(any_cold.list()) == []
+
+
+def test_list_reports_every_archive_with_its_size_and_modification_time(
+    any_cold: ColdStore,
+) -> None:
+    before = datetime.now(UTC) - timedelta(minutes=5)
+    any_cold.write(TID, snapshot(TID), None)
+    any_cold.write(OTHER_TID, snapshot(OTHER_TID, count=20), None)
+
+    listed = sorted(any_cold.list())
+
+    assert [item.thread_id for item in listed] == [TID, OTHER_TID]
+    for item in listed:
+        thread_id, size, last_modified = item  # a plain (thread_id, size, last_modified) tuple
+        assert size == len(raw_object(any_cold, thread_id))
+        assert last_modified.tzinfo is not None
+        assert before <= last_modified <= datetime.now(UTC) + timedelta(minutes=5)
+
+
+def test_list_filters_by_thread_id_prefix(any_cold: ColdStore) -> None:
+    for thread_id in ("tenant-a:1", "tenant-a:2", "tenant-b:1"):
+        any_cold.write(thread_id, snapshot(thread_id), None)
+
+    assert sorted(i.thread_id for i in any_cold.list("tenant-a:")) == ["tenant-a:1", "tenant-a:2"]
+    assert [i.thread_id for i in any_cold.list("tenant-b")] == ["tenant-b:1"]
+    assert list(any_cold.list("tenant-c")) == []
+    assert len(list(any_cold.list(""))) == 3
+
+
+def test_list_skips_objects_outside_the_key_layout(any_cold: ColdStore) -> None:
+    any_cold.write(TID, snapshot(TID), None)
+    good_shard = expected_key(TID).split("/")[1]
+    wrong_shard = "00" if good_shard != "00" else "01"
+    for key in (
+        f"{PREFIX}/{good_shard}/notes.txt",  # not a snapshot name
+        f"{PREFIX}/{wrong_shard}/{TID}.json.gz",  # the id does not hash to this shard
+        f"{PREFIX}/{good_shard}/bad id.json.gz",  # not a valid thread id
+        f"other/{good_shard}/{TID}.json.gz",  # outside the store's prefix
+        f"{PREFIX}/readme.json.gz",  # no shard
+    ):
+        put_raw_key(any_cold, key, b"x")
+
+    assert [item.thread_id for item in any_cold.list()] == [TID]
+
+
+def test_list_no_longer_reports_a_deleted_archive(any_cold: ColdStore) -> None:
+    any_cold.write(TID, snapshot(TID), None)
+    any_cold.write(OTHER_TID, snapshot(OTHER_TID), None)
+
+    any_cold.delete(TID)
+
+    assert [item.thread_id for item in any_cold.list()] == [OTHER_TID]
+
+
+def test_s3_list_follows_every_page(any_s3_cold: S3ColdStore) -> None:
+    ids = [f"paged-{i}" for i in range(5)]
+    for thread_id in ids:
+        any_s3_cold.write(thread_id, snapshot(thread_id, count=1), None)
+
+    assert sorted(item.thread_id for item in any_s3_cold.list(page_size=2)) == ids
+
+
+def test_a_listing_of_a_missing_bucket_is_a_permanent_error(any_s3_cold: S3ColdStore) -> None:
+    missing = S3ColdStore(any_s3_cold.client, f"missing-{uuid.uuid4().hex[:12]}", prefix=PREFIX)
+
+    with pytest.raises(ColdStoreError) as raised:
+        list(missing.list())
+
+    assert raised.value.transient is False
+    assert missing.bucket in str(raised.value)

@@ -10,16 +10,20 @@ state exists before every case, so "nothing written" has something to protect.
 from __future__ import annotations
 
 import collections
+import json
+import math
 import string
 import types
 import unicodedata
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings
+from celery import Celery
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from storage import (
@@ -32,7 +36,10 @@ from storage import (
     validate_message_id,
     validate_thread_id,
 )
+from storage.cold import FileColdStore, S3ColdStore
 from storage.limits import MIB
+from storage.tiered import Threads
+from tasks.app import threads as worker_threads
 from tests.conftest import msg, redis_contents
 
 SEEDED = "t-seeded"
@@ -805,3 +812,209 @@ def test_message_id_is_accepted_exactly_when_it_has_the_documented_format(
 def test_state_given_as_any_mapping_is_stored_as_an_object(hot: HotStore) -> None:
     hot.create("t-proxy", state=types.MappingProxyType({"a": 1}))
     assert hot.load_state("t-proxy") == {"a": 1}
+
+
+# -- property test: a body is stored exactly when it is plain JSON ----------------------
+
+
+def is_plain_json(value: object, max_depth: int = 128) -> bool:
+    """Written independently of storage.records: exact JSON types (lists may be
+    tuples), str keys, finite floats, text encodable as UTF-8 (no lone surrogates),
+    ints Python can print (<= 4300 digits), at most ``max_depth`` nested containers
+    (DESIGN.md / docs: the default limit is 128)."""
+
+    def text_ok(text: str) -> bool:
+        return not any(0xD800 <= ord(ch) <= 0xDFFF for ch in text)
+
+    def check(item: object, depth: int) -> bool:
+        if item is None or isinstance(item, bool):
+            return True
+        if type(item) is int:
+            return abs(item) < 10**4300  # int -> str is capped at 4300 digits
+        if type(item) is float:
+            return math.isfinite(item)
+        if type(item) is str:
+            return text_ok(item)
+        if type(item) in (list, tuple, dict):
+            if depth > max_depth:
+                return False
+            if type(item) is dict:
+                pairs = item.items()  # type: ignore[attr-defined]
+                return all(type(k) is str and text_ok(k) and check(v, depth + 1) for k, v in pairs)
+            return all(check(child, depth + 1) for child in item)  # type: ignore[attr-defined]
+        return False
+
+    return check(value, 1)
+
+
+def deeply(depth: int, leaf: object) -> object:
+    for _ in range(depth):
+        leaf = [leaf]
+    return leaf
+
+
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=5),
+)
+hostile_scalars = st.one_of(
+    st.sets(st.integers(0, 3), max_size=2),
+    st.frozensets(st.text(max_size=2), max_size=2),
+    st.binary(max_size=3),
+    st.sampled_from([float("nan"), float("inf"), float("-inf")]),
+    st.complex_numbers(allow_nan=False, allow_infinity=False),
+    st.builds(Decimal, st.integers(0, 9)),
+    st.builds(Opaque),
+    st.just(object()),
+    st.integers(4297, 4302).map(lambda digits: -(10**digits)),  # around 4300 digits
+    st.text(alphabet=st.characters(categories=["Cs"]), min_size=1, max_size=2),
+)
+body_keys = st.one_of(
+    st.text(max_size=4),
+    st.integers(0, 3),
+    st.none(),
+    st.booleans(),
+    st.tuples(st.integers(0, 1)),
+    st.text(alphabet=st.characters(categories=["Cs"]), min_size=1, max_size=1),
+)
+leaves = st.one_of(json_scalars, json_scalars, hostile_scalars)
+fuzz_bodies = st.one_of(
+    st.recursive(
+        leaves,
+        lambda children: st.one_of(
+            st.lists(children, max_size=3),
+            st.tuples(children, children),
+            st.dictionaries(body_keys, children, max_size=3),
+        ),
+        max_leaves=8,
+    ),
+    # around the depth limit: 126..130 nested lists
+    st.builds(deeply, st.integers(126, 130), st.one_of(json_scalars, st.just([]))),
+)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(body=fuzz_bodies)
+def test_body_is_stored_exactly_when_it_is_plain_json(
+    fuzz_thread: HotStore, redis_client: redis.Redis, body: object
+) -> None:
+    before = redis_contents(redis_client)
+    event("stored" if is_plain_json(body) else "refused")
+    if is_plain_json(body):
+        message_id = f"ok-{len(before)}-{fuzz_thread.length('t-fuzz')}"
+        fuzz_thread.append("t-fuzz", [{"id": message_id, "body": body}])
+        stored = fuzz_thread.tail("t-fuzz", 1)[0]
+        assert stored == {"id": message_id, "body": json.loads(json.dumps(body))}
+        return
+    with pytest.raises(InvalidMessage):
+        fuzz_thread.append("t-fuzz", [msg("n-good"), {"id": "n-bad", "body": body}])
+    with pytest.raises(InvalidMessage):
+        fuzz_thread.replace_all("t-fuzz", [{"id": "n-bad", "body": body}])
+    with pytest.raises(InvalidMessage):
+        fuzz_thread.save_state("t-fuzz", {"x": body})
+    assert redis_contents(redis_client) == before
+
+
+# -- the tiered API refuses hostile thread ids before touching either tier ---------------
+
+TIERED_OPERATIONS: dict[str, Callable[[Threads, Any], object]] = {
+    "open-new": lambda threads, tid: threads.open(tid, "new"),
+    "open-continue": lambda threads, tid: threads.open(tid, "continue"),
+    "open-fork-destination": lambda threads, tid: threads.open(tid, "fork", source=SEEDED),
+    "open-fork-source": lambda threads, tid: threads.open(NEW, "fork", source=tid),
+    "append": lambda threads, tid: threads.append(tid, [msg("n1")]),
+    "load": lambda threads, tid: threads.load(tid),
+    "flush": lambda threads, tid: threads.flush(tid),
+    "hydrate": lambda threads, tid: threads.hydrate(tid),
+    "delete": lambda threads, tid: threads.delete(tid),
+}
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("operation", TIERED_OPERATIONS.values(), ids=TIERED_OPERATIONS)
+@pytest.mark.parametrize("thread_id", HOSTILE_THREAD_IDS)
+def test_hostile_thread_id_touches_neither_tier(
+    seeded: HotStore,
+    redis_client: redis.Redis,
+    tmp_path: Path,
+    operation: Callable[[Threads, Any], object],
+    thread_id: object,
+) -> None:
+    """Also no file or directory appears in (or, through ``..``, next to) the cold root."""
+    if thread_id is None and operation is TIERED_OPERATIONS["open-fork-source"]:
+        pytest.skip("source=None means 'no source' (a ValueError), not a hostile id")
+    root = tmp_path / "cold"
+    threads = Threads(seeded, FileColdStore(root))
+    seeded_archive = Threads(seeded, threads.cold)
+    seeded_archive.flush(SEEDED, evict=False)
+    on_disk = files_under(tmp_path)
+    assert_refused(seeded, redis_client, lambda: operation(threads, thread_id), InvalidThreadId)
+    assert files_under(tmp_path) == on_disk
+
+
+# -- the same hostile input through the Celery task threads.append -------------------------
+
+
+@pytest.fixture
+def worker_store(celery_stack: Celery, redis_client: redis.Redis) -> Threads:
+    """The embedded worker's own storage, with the seeded thread; an empty bucket."""
+    store = worker_threads()
+    assert isinstance(store.cold, S3ColdStore)
+    listed = store.cold.client.list_objects_v2(Bucket=store.cold.bucket).get("Contents", [])
+    for item in listed:
+        store.cold.client.delete_object(Bucket=store.cold.bucket, Key=item["Key"])
+    store.open(SEEDED, "new", state=SEED_STATE)
+    store.append(SEEDED, SEED_MESSAGES)
+    return store
+
+
+CELERY_HOSTILE: dict[str, tuple[Any, Any, type[AgentThreadsError]]] = {
+    "thread-id-braces": ("{a}", [msg("n1")], InvalidThreadId),
+    "thread-id-path-traversal": ("../t-seeded", [msg("n1")], InvalidThreadId),
+    "thread-id-rtl-override": ("t-seeded\u202e", [msg("n1")], InvalidThreadId),
+    "thread-id-nul": ("t-seeded\x00", [msg("n1")], InvalidThreadId),
+    "thread-id-10000-chars": ("a" * 10_000, [msg("n1")], InvalidThreadId),
+    "thread-id-int": (7, [msg("n1")], InvalidThreadId),
+    "message-id-missing": (SEEDED, [msg("n1"), {"body": "x"}], InvalidMessage),
+    "message-id-int": (SEEDED, [msg("n1"), {"id": 5, "body": "x"}], InvalidMessage),
+    "message-id-zero-width": (SEEDED, [{"id": "n\u200b1", "body": "x"}], InvalidMessage),
+    "body-nan": (SEEDED, [msg("n1"), {"id": "n-bad", "body": float("nan")}], InvalidMessage),
+    "body-129-deep": (SEEDED, [{"id": "n-bad", "body": nested_dict(129)}], InvalidMessage),
+    "body-over-1-mib": (SEEDED, [{"id": "n-bad", "body": "x" * MIB}], InvalidMessage),
+    "messages-not-a-list": (SEEDED, {"id": "n1", "body": "x"}, InvalidMessage),
+}
+
+
+@pytest.mark.parametrize("case", CELERY_HOSTILE.values(), ids=CELERY_HOSTILE)
+def test_hostile_append_through_celery_fails_typed_and_writes_nothing(
+    worker_store: Threads,
+    redis_client: redis.Redis,
+    celery_stack: Celery,
+    case: tuple[Any, Any, type[AgentThreadsError]],
+) -> None:
+    thread_id, messages, error = case
+    cold = worker_store.cold
+    assert isinstance(cold, S3ColdStore)
+    before = redis_contents(redis_client)
+    objects_before = cold.client.list_objects_v2(Bucket=cold.bucket).get("KeyCount")
+
+    sent = celery_stack.signature(
+        "threads.append", kwargs={"thread_id": thread_id, "messages": messages}
+    ).apply_async()
+    with pytest.raises(error):
+        sent.get(timeout=60)
+
+    assert sent.retries == 0, "a permanent error must not be retried"
+    assert redis_contents(redis_client) == before
+    assert cold.client.list_objects_v2(Bucket=cold.bucket).get("KeyCount") == objects_before
+    assert worker_store.load(SEEDED) == SEED_MESSAGES

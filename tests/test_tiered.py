@@ -83,8 +83,33 @@ def test_flush_with_release_owner_ends_the_turn_and_evicts(threads: Threads) -> 
     other = threads.flush("t1", release_owner="turn-2")
     assert other.evicted is False
     result = threads.flush("t1", release_owner="turn-1")
-    assert (result.status, result.evicted) == ("unchanged", True)
+    # the end of turn-1 is itself a change: the archive must carry it
+    assert (result.status, result.evicted) == ("archived", True)
     assert not threads.hot.exists("t1")
+
+
+def test_a_turn_ended_by_an_evicting_flush_stays_finished_after_hydrate(
+    threads: Threads,
+) -> None:
+    make_thread(threads)
+    threads.acquire_lease("t1", "turn-1", 60_000)
+    threads.append("t1", [msg("reply")], owner="turn-1")
+    assert threads.flush("t1", release_owner="turn-1").evicted
+    assert threads.hydrate("t1").status == "restored"
+    late = threads.acquire_lease("t1", "turn-1", 60_000)  # a redelivered chain step
+    assert late.finished
+    assert threads.hot.info("t1").lease_owner is None
+    again = threads.flush("t1", release_owner="turn-1")  # a redelivered flush
+    assert (again.status, again.evicted) == ("unchanged", True)
+
+
+def test_a_turn_that_changed_nothing_is_still_archived_as_finished(threads: Threads) -> None:
+    make_thread(threads)
+    assert threads.flush("t1", evict=False).status == "archived"
+    threads.acquire_lease("t1", "turn-1", 60_000)
+    assert threads.flush("t1", release_owner="turn-1").status == "archived"
+    threads.hydrate("t1")
+    assert threads.acquire_lease("t1", "turn-1", 60_000).finished
 
 
 # -- hydrate -----------------------------------------------------------------------

@@ -1,4 +1,6 @@
--- Prepended to every script in this folder (see storage/hot.py).
+-- Prepended to every script in this folder (see storage/hot.py). Other files
+-- named _*.lua are shared parts, added after this one to the scripts that use
+-- them (hot.py's _SCRIPT_PARTS); they are not scripts of their own.
 -- KEYS[1..N_DATA] are always the keys of the thread being written (or read):
 --   meta (HASH, existence marker), msgs (LIST of JSON records),
 --   ids (HASH message id -> position, -1 = retired; the dedup ledger),

@@ -8,10 +8,20 @@
 -- acquire_lease (a redelivered chain step) can then never take the lease again.
 -- ARGV: archived_version, etag, epoch, evict ('1'|'0'), release_owner ('' = none),
 --   marker_ttl_ms (how long the 'archived' marker outlives the eviction)
+-- A concurrent flush of the same incarnation may have evicted the thread while we
+-- uploaded (its upload lost the CAS to ours and adopted our archive): the archive
+-- marker then carries our epoch, and the thread is 'evicted', not 'gone' -- the
+-- caller deletes the upload of a 'gone' thread, which here is the only copy.
 -- Returns {'evicted', version}; {'kept', version, lease_holder_or_empty}; {'gone'}.
 local archived, etag, epoch = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local evict, release_owner, marker_ttl = ARGV[4], ARGV[5], tonumber(ARGV[6])
-if redis.call('EXISTS', K_META) == 0 or redis.call('HGET', K_META, 'epoch') ~= epoch then
+if redis.call('EXISTS', K_META) == 0 then
+  if redis.call('HGET', K_ARCHIVED, 'epoch') == epoch then
+    return {'evicted', tonumber(redis.call('HGET', K_ARCHIVED, 'version'))}
+  end
+  return {'gone'}
+end
+if redis.call('HGET', K_META, 'epoch') ~= epoch then
   return {'gone'}
 end
 local recorded = tonumber(redis.call('HGET', K_META, 'cold_version') or '-1')
@@ -31,7 +41,11 @@ if evict == '1' and version == archived and recorded <= archived and holder == '
     and not pinned then
   redis.call('HSET', K_ARCHIVED, 'version', archived, 'etag', etag, 'epoch', epoch)
   redis.call('PEXPIRE', K_ARCHIVED, marker_ttl)
-  redis.call('DEL', K_META, K_MSGS, K_IDS, K_STATE, K_TURNS)
+  -- The finished turns outlive the eviction as long as the marker: the archive just
+  -- uploaded was read before this call marked release_owner, and a late duplicate
+  -- of that turn must still find it finished after a restore (restore.lua keeps them).
+  redis.call('PEXPIRE', K_TURNS, marker_ttl)
+  redis.call('DEL', K_META, K_MSGS, K_IDS, K_STATE)
   return {'evicted', version}
 end
 return {'kept', version, holder}

@@ -1,6 +1,8 @@
 -- fork: copy records (up to and including one id), ledger and state of a source
 -- thread into a new thread, recording its parent. Idempotent: a repeat for the
--- same (source, fork point) returns the existing fork untouched.
+-- same (source, fork point) returns the existing fork untouched. Both threads
+-- must be in one slot; across Redis Cluster slots, fork_read.lua and
+-- fork_write.lua do the same in one script per slot. Destination rules: _fork.lua.
 -- KEYS[1..N_DATA]: destination keys; then the source's keys in the same order.
 -- ARGV: ttl_ms, source_id, up_to_id ('' = everything), epoch (random, for the fork)
 -- Returns {'ok', created (1|0), length, version}; {'not_found'} (source);
@@ -20,16 +22,9 @@ if up_to ~= '' then
   end
   cut = pos
 end
-if redis.call('EXISTS', K_META) == 1 then
-  local found = redis.call('HMGET', K_META, 'parent', 'fork_point')
-  if found[1] == source and (found[2] or '') == up_to then
-    touch(ttl)
-    return {'ok', 0, redis.call('LLEN', K_MSGS), current_version()}
-  end
-  return {'exists', found[1] or '', found[2] or ''}
-end
-if redis.call('EXISTS', K_ARCHIVED) == 1 then
-  return {'archived'}
+local refusal = fork_refusal(ttl, source, up_to)
+if refusal then
+  return refusal
 end
 local records = redis.call('LRANGE', S_MSGS, 0, cut)
 local ledger = redis.call('HGETALL', S_IDS)
@@ -43,13 +38,6 @@ for i = 1, #ledger, 2 do
   end
 end
 local state = redis.call('GET', S_STATE)
-local now = now_ms()
 chunked('RPUSH', K_MSGS, records)
 chunked('HSET', K_IDS, copied)
-if state then
-  redis.call('SET', K_STATE, state)
-end
-redis.call('HSET', K_META, 'created', now, 'updated', now, 'version', 1,
-  'parent', source, 'fork_point', up_to, 'epoch', ARGV[4])
-touch(ttl)
-return {'ok', 1, #records, 1}
+return fork_finish(ttl, source, up_to, ARGV[4], state, #records)

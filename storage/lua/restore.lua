@@ -25,7 +25,12 @@ if evicted > version then
   discard_staging()
   return {'stale', evicted}
 end
-redis.call('DEL', K_MSGS, K_IDS, K_STATE, K_TURNS)
+-- Finished turns left by the eviction of this same incarnation (see flush_commit.lua)
+-- are kept and merged with the snapshot's; any others are dropped.
+if redis.call('HGET', K_ARCHIVED, 'epoch') ~= ARGV[5] then
+  redis.call('DEL', K_TURNS)
+end
+redis.call('DEL', K_MSGS, K_IDS, K_STATE)
 local pin_ms, n_turns = tonumber(ARGV[14]), tonumber(ARGV[15])
 local base = 15 + n_turns -- ARGV index before the inline records
 if n_turns > 0 then
