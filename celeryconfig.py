@@ -11,6 +11,7 @@ variable (``AGENT_THREADS_*``); this module and the CLI are the only places that
 | AGENT_THREADS_S3_REGION | us-east-1 | |
 | AGENT_THREADS_S3_SSE | (bucket default) | server-side encryption: `AES256` or `aws:kms` |
 | AGENT_THREADS_S3_SSE_KMS_KEY_ID | (AWS managed key) | KMS key id/ARN when `S3_SSE=aws:kms` |
+| AGENT_THREADS_REDIS_CLUSTER | 0 | 1: the hot tier is a Redis Cluster (REDIS_URL names any node) |
 | AGENT_THREADS_REDIS_SOCKET_TIMEOUT | 5 | seconds a hot-tier Redis reply may take (then a retry) |
 | AGENT_THREADS_REDIS_CONNECT_TIMEOUT | 5 | seconds to connect to the hot-tier Redis |
 | AGENT_THREADS_REDIS_RETRIES | 1 | redis-py's own immediate retries (a stale pooled connection) |
@@ -123,6 +124,7 @@ agent_threads = {
     "metrics_port": int(_env("METRICS_PORT", "0") or "0"),
     "metrics_addr": _env("METRICS_ADDR", "0.0.0.0"),  # noqa: S104 - a scrape target
     "log_format": _env("LOG_FORMAT", "text"),
+    "redis_cluster": _env("REDIS_CLUSTER", "0").lower() in ("1", "true", "yes"),
     "redis_socket_timeout": float(_env("REDIS_SOCKET_TIMEOUT", "5")),
     "redis_connect_timeout": float(_env("REDIS_CONNECT_TIMEOUT", "5")),
     "redis_retries": int(_env("REDIS_RETRIES", "1")),

@@ -6,6 +6,7 @@ No Celery and no provider SDK is imported here.
 from storage.errors import (
     AgentThreadsError,
     ColdStoreError,
+    HotStoreAccessDenied,
     HotStoreUnavailable,
     InvalidMessage,
     InvalidThreadId,
@@ -35,6 +36,7 @@ __all__ = [
     "ColdStoreError",
     "ForkResult",
     "HotStore",
+    "HotStoreAccessDenied",
     "HotStoreUnavailable",
     "InvalidMessage",
     "InvalidThreadId",

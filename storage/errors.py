@@ -109,3 +109,8 @@ class HotStoreUnavailable(AgentThreadsError):
     """Redis could not be reached or timed out; the write may be retried (it is idempotent)."""
 
     transient = True
+
+
+class HotStoreAccessDenied(AgentThreadsError):
+    """Redis refused the credentials or a command or key (ACL ``NOPERM``, a wrong
+    password): retrying cannot help; fix the user's password, key pattern or commands."""

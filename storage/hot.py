@@ -22,11 +22,12 @@ from typing import Any, TypeAlias
 import redis
 from redis.commands.core import Script
 from redis.crc import key_slot
+from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from storage.errors import (
+    HotStoreAccessDenied,
     HotStoreUnavailable,
     InvalidMessage,
     InvalidThreadId,
@@ -197,10 +198,7 @@ class HotStore:
         return self.layout.thread(validate_thread_id(thread_id, self.limits))
 
     def _call(self, name: str, keys: list[str], args: Iterable[Any] = ()) -> Any:
-        try:
-            return self._scripts[name](keys=keys, args=list(args))
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise HotStoreUnavailable(f"Redis unavailable during {name}: {exc}") from exc
+        return self._redis_call(lambda: self._scripts[name](keys=keys, args=list(args)), name)
 
     def _checked(self, thread_id: str, reply: Any) -> list[Any]:
         """Raise the typed error for a script's refusal; return the 'ok' reply."""
@@ -526,11 +524,16 @@ class HotStore:
         )
         return [(_text(tid), int(score)) for tid, score in found]
 
-    def _redis_call(self, action: Callable[[], Any]) -> Any:
+    def _redis_call(self, action: Callable[[], Any], what: str = "a call") -> Any:
         try:
             return action()
+        except (AuthenticationError, AuthorizationError, NoPermissionError) as exc:
+            # before ConnectionError: a wrong password is one, but retrying cannot help
+            raise HotStoreAccessDenied(
+                f"Redis refused {what} in namespace {self.namespace!r}: {exc}"
+            ) from exc
         except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise HotStoreUnavailable(f"Redis unavailable: {exc}") from exc
+            raise HotStoreUnavailable(f"Redis unavailable during {what}: {exc}") from exc
 
     # -- tiering (the hot halves of Threads.flush / Threads.hydrate) -----------
 

@@ -21,6 +21,7 @@ from redis.retry import Retry
 
 from storage import HotStore
 from storage.cold import ColdStore, FileColdStore, S3ColdStore
+from storage.hot import RedisClient
 from storage.keys import KeyLayout
 from storage.tiered import Threads
 from tasks import logs as _logs  # noqa: F401 - connects the structured-logging signals
@@ -74,19 +75,23 @@ def cold_store_from_url(
     raise ValueError(f"unsupported cold store URL {url!r}: use s3://bucket/prefix or file:///path")
 
 
-def hot_redis_from_settings(settings: Mapping[str, Any]) -> redis.Redis:
+def hot_redis_from_settings(settings: Mapping[str, Any]) -> RedisClient:
     """The hot tier's Redis client: finite connect and reply timeouts, and only
     ``redis_retries`` immediate retries of its own (redis-py 6+ otherwise retries
     10 times, each after a full socket timeout), so a stalled Redis becomes a
-    ``HotStoreUnavailable`` and a task retry instead of a hung worker thread."""
+    ``HotStoreUnavailable`` and a task retry instead of a hung worker thread.
+    With ``redis_cluster`` the URL names any node of a Redis Cluster."""
     retry = Retry(ExponentialBackoff(cap=0.5, base=0.01), settings.get("redis_retries", 1))
-    client: redis.Redis = redis.Redis.from_url(
-        settings["redis_url"],
-        socket_timeout=settings.get("redis_socket_timeout", 5.0),
-        socket_connect_timeout=settings.get("redis_connect_timeout", 5.0),
-        socket_keepalive=True,
-        retry=retry,
-    )
+    options: dict[str, Any] = {
+        "socket_timeout": settings.get("redis_socket_timeout", 5.0),
+        "socket_connect_timeout": settings.get("redis_connect_timeout", 5.0),
+        "socket_keepalive": True,
+        "retry": retry,
+    }
+    if settings.get("redis_cluster"):
+        cluster: redis.RedisCluster = redis.RedisCluster.from_url(settings["redis_url"], **options)
+        return cluster
+    client: redis.Redis = redis.Redis.from_url(settings["redis_url"], **options)
     return client
 
 

@@ -6,11 +6,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import redis
-
 from storage.errors import HotStoreUnavailable
 from storage.records import JSON
-from tasks.app import app, settings
+from tasks.app import app, hot_redis_from_settings, settings
 from tasks.base import ThreadTask
 
 
@@ -20,7 +18,7 @@ def echo_agent(self: ThreadTask, thread_id: str, turn_id: str, think_ms: int = 0
 
     Each call is also counted in the hot Redis (``test:runs:<turn_id>``) so tests
     can see that a redelivered turn really ran again."""
-    client = redis.Redis.from_url(settings()["redis_url"])
+    client = hot_redis_from_settings(settings())  # the hot tier (a cluster too)
     client.incr(f"test:runs:{turn_id}")
     client.close()
     time.sleep(think_ms / 1000)
@@ -60,7 +58,7 @@ def scripted_turn(self: ThreadTask, thread_id: str, turn_id: str, think_ms: int 
     Counts task runs (``test:runs:<turn>``) and model calls (``test:calls:<turn>``)."""
     from adapters.scripted import ScriptedAdapter, ScriptedModel
 
-    client = redis.Redis.from_url(settings()["redis_url"])
+    client = hot_redis_from_settings(settings())  # the hot tier (a cluster too)
     client.incr(f"test:runs:{turn_id}")
 
     def model(request: dict[str, Any]) -> dict[str, Any]:
@@ -95,7 +93,7 @@ def tool_turn(
     adapter = ScriptedAdapter(self.threads, integrity="error")
     ask_tool = ScriptedModel([{"tool_call": {"name": "lookup", "args": {"turn": turn_id}}}])
     answer = ScriptedModel(["reply to {user}"])
-    client = redis.Redis.from_url(settings()["redis_url"])
+    client = hot_redis_from_settings(settings())  # the hot tier (a cluster too)
     client.incr(f"test:runs:{turn_id}")
 
     def model(script: ScriptedModel) -> Any:

@@ -10,6 +10,7 @@ single-node ones of conftest.py for this module) make them run on the cluster.
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -24,6 +25,7 @@ import tests.test_tiered
 import tests.test_tiered_races
 from storage import HotStore, InvalidMessage, ThreadExists, ThreadNotFound
 from storage.cold import FileColdStore
+from storage.embedded import EmbeddedRedis
 from storage.tiered import Threads
 from tests.cluster import RedisClusterServer
 from tests.conftest import msg, redis_contents
@@ -343,3 +345,72 @@ def test_cluster_client_with_decode_responses(
         assert store.info(f"{dst}-staged").parent == src
     finally:
         client.close()
+
+
+# -- a real worker with its hot tier on the cluster --------------------------------------
+
+
+def test_worker_runs_turns_and_a_cross_slot_fork_on_the_cluster(
+    redis_cluster: RedisClusterServer, cluster_client: redis.RedisCluster, tmp_path: Path
+) -> None:
+    """A `celery worker` process configured with AGENT_THREADS_REDIS_CLUSTER=1 runs a
+    new turn, a continued turn after eviction, and a forking turn into a thread on
+    another slot; the broker is a separate single-node Redis."""
+    from celery import Celery
+
+    from tasks.client import ThreadClient
+    from tasks.processes import WorkerProcess
+
+    queues = ["cluster-threads", "cluster-default"]
+    cold_root = tmp_path / "cold"
+    with EmbeddedRedis() as broker:
+        base = f"redis://127.0.0.1:{broker.port}"
+        env = {
+            **os.environ,
+            "AGENT_THREADS_BROKER_URL": f"{base}/0",
+            "AGENT_THREADS_RESULT_BACKEND": f"{base}/1",
+            "AGENT_THREADS_REDIS_URL": f"redis://{redis_cluster.nodes[0]}/0",
+            "AGENT_THREADS_REDIS_CLUSTER": "1",
+            "AGENT_THREADS_COLD_URL": f"file://{cold_root}",
+            "AGENT_THREADS_QUEUE": queues[0],
+            "AGENT_THREADS_DEFAULT_QUEUE": queues[1],
+            "AGENT_THREADS_IMPORTS": "tests.agent_tasks",
+        }
+        app = Celery("cluster-client")
+        app.config_from_object("celeryconfig")
+        app.conf.update(
+            broker_url=f"{base}/0",
+            result_backend=f"{base}/1",
+            task_routes={"threads.*": {"queue": queues[0]}},
+            task_default_queue=queues[1],
+        )
+        worker = WorkerProcess(env, queues, name="cluster", log_path=str(tmp_path / "worker.log"))
+        worker.start()
+        try:
+            worker.wait_ready(app)
+            client = ThreadClient(app, timeout=60, resend_after=30)
+            hot = HotStore(cluster_client)
+            source = "cl-src"
+            fork = next(
+                f"cl-fork-{i}"
+                for i in itertools.count()
+                if slot_of(hot, f"cl-fork-{i}") != slot_of(hot, source)
+            )
+            agent = app.signature("test.echo_agent")
+            client.run_turn(source, [msg("u1")], agent, turn_id="t1", mode="new")
+            client.run_turn(source, [msg("u2")], agent, turn_id="t2")
+            client.run_turn(fork, [msg("u3")], agent, turn_id="t3", mode="fork", source=source)
+            store = Threads(hot, FileColdStore(cold_root))
+            assert ids_of(store.load(source)) == ["u1", "t1:reply", "u2", "t2:reply"]
+            assert ids_of(store.load(fork)) == [
+                "u1",
+                "t1:reply",
+                "u2",
+                "t2:reply",
+                "u3",
+                "t3:reply",
+            ]
+            assert store.hot.info(fork).parent == source
+        finally:
+            worker.stop()
+            app.close()

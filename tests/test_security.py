@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from kombu.exceptions import ContentDisallowed
 
-from storage import HotStore, ThreadNotFound
+from storage import HotStore, HotStoreAccessDenied, ThreadNotFound
 from storage.cold import ColdStore, FileColdStore, S3ColdStore, object_key
 from storage.embedded import (
     EmbeddedRedis,
@@ -656,6 +656,10 @@ OUTSIDE_THE_NAMESPACE: dict[str, Attempt] = {
     "randomkey": lambda _, __, client: client.randomkey(),
     "flushdb": lambda _, __, client: client.flushdb(),
 }
+RAW_ATTEMPTS = [
+    OUTSIDE_THE_NAMESPACE[name]
+    for name in ("raw-get", "raw-eval", "keys", "scan", "randomkey", "flushdb")
+]
 
 
 @pytest.mark.parametrize("attempt", OUTSIDE_THE_NAMESPACE.values(), ids=OUTSIDE_THE_NAMESPACE)
@@ -663,8 +667,9 @@ def test_acl_user_is_refused_outside_its_namespace_and_writes_nothing(
     acl_redis: EmbeddedRedis, acl_client: redis.Redis, tmp_path: Path, attempt: Attempt
 ) -> None:
     """The tenant-a user's client used with namespace "tenant-b": every call fails
-    with redis-py's ``NoPermissionError`` (NOPERM, permanent: Celery does not retry
-    it) and nothing changes in Redis."""
+    (NOPERM) and nothing changes in Redis. Through the stores the refusal is the
+    permanent ``HotStoreAccessDenied`` naming the namespace (Celery does not retry
+    it); raw commands get redis-py's ``NoPermissionError``."""
     admin = acl_redis.client()
     victim = HotStore(admin, namespace="tenant-b")
     victim.create("t1", state={"owner": "b"})
@@ -674,12 +679,30 @@ def test_acl_user_is_refused_outside_its_namespace_and_writes_nothing(
 
     wrong = HotStore(acl_client, namespace="tenant-b")
     wrong_threads = Threads(wrong, FileColdStore(tmp_path / "cold", namespace="tenant-b"))
-    with pytest.raises(redis.exceptions.NoPermissionError, match=r"(?i)no permissions"):
+    with pytest.raises(
+        (HotStoreAccessDenied, redis.exceptions.NoPermissionError), match=r"(?i)no permissions"
+    ) as refused:
         attempt(wrong, wrong_threads, acl_client)
+    if attempt not in RAW_ATTEMPTS:
+        assert isinstance(refused.value, HotStoreAccessDenied)
+        assert not refused.value.transient
+        assert "'tenant-b'" in str(refused.value)
 
     assert redis_contents(admin) == before
     assert victim.load("t1") == [msg("b1")]
     admin.close()
+
+
+def test_wrong_password_is_a_permanent_typed_error(acl_redis: EmbeddedRedis) -> None:
+    """redis-py raises a wrong password as a ConnectionError; retrying it eight times
+    would only delay the real message, so the store makes it permanent."""
+    client = acl_redis.client(username="tenant-a", password="not-the-password")  # noqa: S106
+    hot = HotStore(client, namespace="tenant-a")
+    with pytest.raises(HotStoreAccessDenied, match="tenant-a") as refused:
+        hot.create("t1")
+    assert not refused.value.transient
+    assert "not-the-password" not in str(refused.value)
+    client.close()
 
 
 # -- f. no secret in a real worker's log or in the CLI's output ---------------------------------
