@@ -537,13 +537,18 @@ class HotStore:
 
     # -- tiering (the hot halves of Threads.flush / Threads.hydrate) -----------
 
-    def flush_source(self, thread_id: str, *, force: bool = False) -> FlushSource:
+    def flush_source(
+        self, thread_id: str, *, force: bool = False, release_owner: str | None = None
+    ) -> FlushSource:
         """Read everything a snapshot needs in one script; skip the records when
-        the archive already holds this version (unless ``force``)."""
+        the archive already holds this version (unless ``force``). ``release_owner``
+        (the turn this flush ends) is first recorded as a finished turn, so the
+        snapshot carries it."""
         keys = self.keys(thread_id)
-        reply = self._checked_any(
-            thread_id, self._call("flush_read", keys.data, ["1" if force else "0"])
-        )
+        if release_owner is not None:
+            validate_message_id(release_owner, self.limits, what="lease owner")
+        args = ["1" if force else "0", release_owner or ""]
+        reply = self._checked_any(thread_id, self._call("flush_read", keys.data, args))
         meta = _pairs(reply[1])
         version = int(meta["version"])
         source = FlushSource(

@@ -119,7 +119,7 @@ class Threads:
         eviction check (the end of an agent turn).
         """
         try:
-            source = self.hot.flush_source(thread_id)
+            source = self.hot.flush_source(thread_id, release_owner=release_owner)
         except ThreadNotFound:
             etag = self.cold.head(thread_id)  # already evicted: the archive is current
             return FlushResult("absent") if etag is None else FlushResult("unchanged", etag=etag)

@@ -1,10 +1,19 @@
 -- flush_read: everything a snapshot needs, read in one consistent step.
--- ARGV: force ('1' = read records even when the archive is current)
+-- ARGV: force ('1' = read records even when the archive is current),
+--   release_owner ('' = none): the turn this flush ends. A turn not yet recorded as
+--   finished is recorded here, before the read, as a change of its own (version + 1),
+--   so the archive about to be uploaded carries it and a late duplicate of that turn
+--   finds it finished even after an eviction and a restore anywhere.
 -- Returns {'unchanged', meta_pairs} when version == cold_version (no upload needed);
 --   {'ok', meta_pairs, records, ledger_pairs, state_or_empty, finished_turns};
 --   {'not_found'}.
 if redis.call('EXISTS', K_META) == 0 then
   return {'not_found'}
+end
+local owner = ARGV[2] or ''
+if owner ~= '' and redis.call('HEXISTS', K_TURNS, owner) == 0 then
+  redis.call('HSET', K_TURNS, owner, now_ms())
+  bump()
 end
 local meta = redis.call('HGETALL', K_META)
 local fields = {}
