@@ -78,8 +78,8 @@ class Mode:
 QUICK = Mode(
     small=1_000,
     small_warmup=200,
-    copy={1_000: 60, 10_000: 12},
-    threads_flushed=1_000,
+    copy={1_000: 30, 10_000: 5},
+    threads_flushed=300,
     block=100,
 )
 FULL = Mode(

@@ -166,8 +166,8 @@ def test_demo_runs_three_turns_through_a_real_worker_and_cleans_up(tmp_path: Pat
         "threads.hydrate",
         "demo.scripted_agent",
         "status=archived, evicted=True",
-        "thread 'demo-trip': tier hot, version 5, 5 messages",  # hydrated for the fork
-        "thread 'demo-trip-alt': tier cold, version 3, 5 messages",
+        "thread 'demo-trip': tier hot, version 7, 5 messages",  # hydrated for the fork
+        "thread 'demo-trip-alt': tier cold, version 4, 5 messages",
         "nothing was doubled",
         "stopped the celery worker",
         "stopped embedded redis-server",
@@ -460,7 +460,7 @@ def test_export_writes_readable_json_lines_to_stdout(s3_tiers: Tiers) -> None:
     header, index = json.loads(lines[0]), json.loads(lines[1])
     assert header["format"] == "agent-threads/snapshot"
     assert header["schema"] == 1
-    assert (header["thread_id"], header["version"], header["count"]) == ("out", 5, 3)
+    assert (header["thread_id"], header["version"], header["count"]) == ("out", 6, 3)
     assert header["checksum"].startswith("sha256:")
     assert index["retired_ids"] == ["m2"]
     assert index["turns"] == ["turn-1"]

@@ -134,9 +134,10 @@ def test_every_key_of_a_thread_lives_in_one_slot_on_one_node(
     assert {k.encode() for k in (keys.meta, keys.msgs, keys.ids, keys.state, keys.lease)} <= seen
     assert keys.turns.encode() in seen
     threads.release_lease("t1", "turn-2")
-    threads.flush("t1")  # evicted: only the archive marker is left, in the same slot
-    assert set(cluster_client.keys("*{t1}*")) == {keys.archived.encode()}
-    assert key_slot(keys.archived.encode()) == slot_of(threads.hot, "t1")
+    threads.flush("t1")  # evicted: the archive marker and the finished turns are left
+    left = {keys.archived.encode(), keys.turns.encode()}
+    assert set(cluster_client.keys("*{t1}*")) == left
+    assert {key_slot(key) for key in left} == {slot_of(threads.hot, "t1")}
 
 
 def test_fork_within_one_slot_runs_as_one_script(

@@ -131,7 +131,7 @@ def test_appends_survive_worker_sigkills_exactly_once_in_producer_order(
     crashes: Crashes, record_property: Callable[[str, object], None]
 ) -> None:
     crashes.client.call("create", thread_id="chat")
-    producers, min_batches, min_kills, budget_s = 3, 40, 8, 45.0
+    producers, min_batches, min_kills, budget_s = 3, 40, 6, 25.0
     sent = [0]
     started = time.monotonic()
     crashes.start_killing(seed=7)
@@ -180,7 +180,7 @@ def test_appends_survive_worker_sigkills_exactly_once_in_producer_order(
 def test_turns_survive_worker_sigkills_with_exactly_one_reply_each(
     crashes: Crashes, record_property: Callable[[str, object], None]
 ) -> None:
-    thread_ids, min_turns, min_kills, budget_s = ["a", "b", "c", "d"], 4, 8, 60.0
+    thread_ids, min_turns, min_kills, budget_s = ["a", "b", "c", "d"], 4, 6, 30.0
     agent = crashes.app.signature("test.scripted_turn", kwargs={"think_ms": 300})
     done: dict[str, int] = {}
     started = time.monotonic()
