@@ -271,6 +271,16 @@ for _name in ("anthropic", "google.genai", "langchain_core"):
 """
 
 
+def without_model_sdks(env: dict[str, str], folder: Path) -> dict[str, str]:
+    """``env`` for a worker process that starts without the optional model SDKs: a
+    ``sitecustomize`` in ``folder`` goes first on its ``PYTHONPATH``. For tests that
+    restart workers often (the soak, the crash tests); their tasks need no SDK."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(_SDK_BLOCKER)
+    path = (str(folder), str(REPO), env.get("PYTHONPATH", ""))
+    return {**env, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+
+
 def s3_client(url: str) -> Any:
     return boto3.client(
         "s3",
@@ -308,18 +318,12 @@ class SoakStack:
             cold = {"cold_url": f"s3://{bucket}/threads", "s3_endpoint_url": self.s3.url}
         else:
             cold = {"cold_url": f"file://{self.tmp_path / 'cold'}", "s3_endpoint_url": ""}
-        shim = self.tmp_path / "worker-site"
-        shim.mkdir(exist_ok=True)
-        (shim / "sitecustomize.py").write_text(_SDK_BLOCKER)
         env = {
             **os.environ,
             "AWS_ACCESS_KEY_ID": "test",  # moto's dummy credentials
             "AWS_SECRET_ACCESS_KEY": "test",
             "AGENT_THREADS_COLD_URL": cold["cold_url"],
             "AGENT_THREADS_S3_ENDPOINT_URL": cold["s3_endpoint_url"],
-            "PYTHONPATH": os.pathsep.join(
-                p for p in (str(shim), str(REPO), os.environ.get("PYTHONPATH", "")) if p
-            ),
             "AGENT_THREADS_BROKER_URL": f"{base}/{BROKER_DB}",
             "AGENT_THREADS_RESULT_BACKEND": f"{base}/{RESULTS_DB}",
             "AGENT_THREADS_REDIS_URL": f"{base}/{HOT_DB}",
@@ -330,6 +334,7 @@ class SoakStack:
             "AGENT_THREADS_VISIBILITY_TIMEOUT": "3",
             "AGENT_THREADS_RESTORE_INTERVAL": "1",
         }
+        env = without_model_sdks(env, self.tmp_path / "worker-site")
         self.app = Celery("soak-client")
         self.app.config_from_object("celeryconfig")
         self.app.conf.update(

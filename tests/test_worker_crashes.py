@@ -26,6 +26,7 @@ from storage.tiered import Threads
 from tasks.client import ThreadClient
 from tasks.processes import WorkerProcess
 from tests.conftest import msg
+from tests.soak import without_model_sdks
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,6 +54,7 @@ class Crashes:
             "AGENT_THREADS_VISIBILITY_TIMEOUT": "3",
             "AGENT_THREADS_RESTORE_INTERVAL": "1",
         }
+        env = without_model_sdks(env, log_path.parent / "worker-site")
         self.worker = WorkerProcess(env, QUEUES, log_path=str(log_path), cwd=str(REPO))
         self.app = Celery("crash-client")
         self.app.config_from_object("celeryconfig")
@@ -180,7 +182,7 @@ def test_appends_survive_worker_sigkills_exactly_once_in_producer_order(
 def test_turns_survive_worker_sigkills_with_exactly_one_reply_each(
     crashes: Crashes, record_property: Callable[[str, object], None]
 ) -> None:
-    thread_ids, min_turns, min_kills, budget_s = ["a", "b", "c", "d"], 4, 6, 30.0
+    thread_ids, min_turns, min_kills, budget_s = ["a", "b", "c", "d"], 4, 6, 45.0
     agent = crashes.app.signature("test.scripted_turn", kwargs={"think_ms": 300})
     done: dict[str, int] = {}
     started = time.monotonic()
