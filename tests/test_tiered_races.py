@@ -228,6 +228,32 @@ def test_concurrent_flushes_leave_the_archive_at_the_newest_version(
     assert len(set(seen_versions)) > 5, "flushes did not overlap appends"
 
 
+def test_flush_whose_upload_won_but_committed_last_keeps_the_archive(
+    threads: Threads, cold: ColdStore
+) -> None:
+    """Two flushes of one thread (a redelivered flush task, an error-callback flush):
+    the first uploads and pauses; the second loses its CAS, adopts the first's archive
+    and evicts. The first then commits on an evicted thread: it must see the eviction
+    of its own archive, not a deleted thread, and must not delete the only copy."""
+    threads.open("t1", "new")
+    threads.append("t1", [msg("m1"), msg("m2")])
+    gated = GatedColdStore(cold, pause_after="write_bytes")
+    first = Threads(threads.hot, gated)  # type: ignore[arg-type]
+    outcome: list[Any] = []
+    worker = threading.Thread(target=lambda: outcome.append(first.flush("t1")))
+    worker.start()
+    assert gated.reached.wait(timeout=30)
+    second = threads.flush("t1")
+    assert second.evicted
+    gated.release()
+    worker.join(timeout=30)
+    assert len(outcome) == 1
+    assert (outcome[0].status, outcome[0].evicted) == ("archived", True)
+    assert cold.head("t1") is not None
+    assert threads.hydrate("t1").status == "restored"
+    assert [m["id"] for m in threads.load("t1")] == ["m1", "m2"]
+
+
 def test_flush_that_crashed_before_commit_converges(threads: Threads, cold: ColdStore) -> None:
     """An upload whose commit never ran (a crash) is recognised by the next flush."""
     threads.open("t1", "new")
