@@ -192,10 +192,14 @@ def main(
 def worker(ctx: click.Context) -> None:
     """Start a Celery worker for the thread tasks and your agent tasks.
 
-    Extra arguments go to `celery worker` (e.g. --concurrency 8 --pool threads).
+    Extra arguments go to `celery worker` (e.g. --concurrency 8 --pool prefork). The
+    pool defaults to threads: the tasks wait on Redis, S3 and model APIs, and one
+    process keeps one connection pool and one metrics registry.
     """
     queues = f"{app.conf.threads_queue},{app.conf.task_default_queue}"
-    app.worker_main(["worker", "-Q", queues, "-l", "INFO", *ctx.args])
+    chosen = any(a in ("-P", "--pool") or a.startswith("--pool=") for a in ctx.args)
+    pool = [] if chosen else ["--pool", "threads"]
+    app.worker_main(["worker", "-Q", queues, "-l", "INFO", *pool, *ctx.args])
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
