@@ -69,6 +69,12 @@ class Threads:
         restore_chunk: int = 2000,
         write_pin_ms: int = WRITE_PIN_MS,
     ) -> None:
+        cold_namespace = getattr(cold, "namespace", None)
+        if cold_namespace is not None and cold_namespace != hot.namespace:
+            raise ValueError(
+                f"the cold store keys archives of namespace {cold_namespace!r} but the hot "
+                f"store is namespace {hot.namespace!r}: give both the same namespace"
+            )
         self.hot = hot
         self.cold = cold
         self.restore_chunk = restore_chunk

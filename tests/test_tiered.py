@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import redis
 
 from storage import HotStore, LeaseHeld, SnapshotCorrupt, ThreadExists, ThreadNotFound
-from storage.cold import ColdStore
+from storage.cold import ColdStore, FileColdStore
 from storage.tiered import Threads
 from tests.conftest import msg
 
@@ -366,3 +368,9 @@ def test_activity_index_follows_writes_evictions_and_deletes(threads: Threads) -
     assert [tid for tid, _ in threads.hot.active_threads()] == ["t1"]
     threads.delete("t1")
     assert threads.hot.active_threads() == []
+
+
+def test_threads_refuse_a_cold_store_of_another_namespace(hot: HotStore, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'tenant-b'"):
+        Threads(hot, FileColdStore(tmp_path, namespace="tenant-b"))
+    assert Threads(hot, FileColdStore(tmp_path, namespace=hot.namespace)).cold is not None
