@@ -144,11 +144,35 @@ def _leave_task(sender: Task[Any, Any] | None = None, **_: Any) -> None:
 # -- records ---------------------------------------------------------------------------
 
 
+METADATA_TASKS = frozenset(
+    f"threads.{name}"
+    for name in (
+        "create", "append", "fork", "truncate", "replace", "save_state", "hydrate",
+        "flush", "delete", "acquire_lease", "release_lease", "flush_idle",
+    )
+)  # fmt: skip
+"""Tasks whose results are ids, versions and statuses: their results are logged as
+they are. Any other task's result (``threads.load``, agent and model turns) may hold
+conversation content and is logged as its size only."""
+
+
+def _without_content(record: logging.LogRecord) -> None:
+    """Celery's "Task ... succeeded in ...: <result>" line: keep the result only for
+    tasks that return metadata, so message bodies never reach the log."""
+    args = record.args
+    content = isinstance(args, Mapping) and args.get("name") not in METADATA_TASKS
+    if content and isinstance(args, Mapping) and "return_value" in args:
+        size = len(str(args["return_value"]))
+        record.args = {**args, "return_value": f"<result of {size} characters, not logged>"}
+
+
 class TaskContextFilter(logging.Filter):
     """Adds ``thread_id``, ``task_id``, ``task``, ``turn_id`` (when known) to every
-    record; attach it to handlers (a logger's filters miss propagated records)."""
+    record, and keeps conversation content out of Celery's result lines; attach it
+    to handlers (a logger's filters miss propagated records)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        _without_content(record)
         context = _current.get()
         if context is not None:
             for field in CONTEXT_FIELDS:

@@ -378,8 +378,18 @@ def test_every_step_of_an_agent_turn_logs_its_thread_task_and_turn_id(observed: 
 
 
 def test_worker_log_is_json_lines_with_secrets_redacted(observed: Observed) -> None:
+    observed.call("threads.create", thread_id="obs-private")
+    observed.call("threads.append", thread_id="obs-private", messages=[msg("p1", "my IBAN")])
+    loaded = observed.app.signature(
+        "threads.load", kwargs={"thread_id": "obs-private"}
+    ).apply_async()
+    assert loaded.get(timeout=TIMEOUT)["messages"][0]["body"]["content"] == "my IBAN"
+    observed.log_lines_until(
+        lambda lines: any(line.get("task_id") == loaded.id for line in lines), "load's log line"
+    )
     text = observed.log_path.read_text()
     assert SECRET not in text
+    assert "my IBAN" not in text  # results holding content are logged by size only
     lines = observed.log_lines()
     assert len(lines) > 10
     for line in lines:
