@@ -163,6 +163,12 @@ def _echo_json(value: Any) -> None:
 @click.option(
     "--namespace", envvar="AGENT_THREADS_NAMESPACE", metavar="NS", help="hot-tier key prefix"
 )
+@click.option(
+    "--redis-cluster/--no-redis-cluster",
+    envvar="AGENT_THREADS_REDIS_CLUSTER",
+    default=None,
+    help="the hot tier is a Redis Cluster (--redis-url names any node)",
+)
 @click.pass_context
 def main(
     ctx: click.Context,
@@ -170,6 +176,7 @@ def main(
     cold_url: str | None,
     s3_endpoint_url: str | None,
     namespace: str | None,
+    redis_cluster: bool | None,
 ) -> None:
     """agent-threads: crash-safe conversation threads for AI agents on Celery.
 
@@ -182,7 +189,10 @@ def main(
         "s3_endpoint_url": s3_endpoint_url,
         "namespace": namespace,
     }
-    state = _Context({k: v for k, v in given.items() if v})
+    overrides: dict[str, Any] = {k: v for k, v in given.items() if v}
+    if redis_cluster is not None:
+        overrides["redis_cluster"] = redis_cluster
+    state = _Context(overrides)
     ctx.obj = state
     ctx.call_on_close(state.close)
 

@@ -10,6 +10,7 @@ single-node ones of conftest.py for this module) make them run on the cluster.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import threading
 from pathlib import Path
@@ -415,3 +416,46 @@ def test_worker_runs_turns_and_a_cross_slot_fork_on_the_cluster(
         finally:
             worker.stop()
             app.close()
+
+
+def test_command_line_reads_and_writes_threads_on_the_cluster(
+    redis_cluster: RedisClusterServer, cluster_client: redis.RedisCluster, tmp_path: Path
+) -> None:
+    """ls, stats, inspect, flush, hydrate, export/import and delete through a
+    RedisCluster client (per-node INFO, the activity index in its own slot)."""
+    from click.testing import CliRunner
+
+    from tasks.cli import main
+
+    cold_root = tmp_path / "cold"
+    store = Threads(HotStore(cluster_client), FileColdStore(cold_root))
+    store.open("c1", "new", state={"step": 1})
+    store.append("c1", [msg("m1"), msg("m2")])
+    store.open("c2", "new")
+    base = [
+        "--redis-url", f"redis://{redis_cluster.nodes[0]}/0", "--redis-cluster",
+        "--cold-url", f"file://{cold_root}", "--namespace", "at",
+    ]  # fmt: skip
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(main, [*base, *args], env={"COLUMNS": "150"})
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    listing = run("ls")
+    assert "c1" in listing
+    assert "c2" in listing
+    assert json.loads(run("stats", "--json"))["hot_threads"] == 2
+    assert "tier hot, version" in run("inspect", "c1")
+    assert "2 archived" in run("flush", "c1", "c2")
+    assert not store.hot.exists("c1")
+    assert "tier cold" in run("inspect", "c1")
+    exported = tmp_path / "c1.json"
+    run("export", "c1", "-o", str(exported))
+    run("import", str(exported), "--as", "c3", "--hot")
+    assert ids_of(store.load("c3")) == ["m1", "m2"]
+    assert "2 restored" in run("hydrate", "c1", "c2")
+    assert ids_of(store.load("c1")) == ["m1", "m2"]
+    run("delete", "c2", "--yes")
+    assert not store.hot.exists("c2")
+    assert store.cold.head("c2") is None
