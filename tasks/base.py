@@ -46,6 +46,10 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 _POLICY = app_module.settings()
 
 
+# transient errors whose only argument is their message (rebuilt with a note)
+_OUTAGES = (HotStoreUnavailable, ColdStoreUnavailable, ColdStoreConflict)
+
+
 class ThreadTask(Task[Any, Any]):
     """Base class of the threads.* tasks (and a good base for your agent tasks)."""
 
@@ -58,6 +62,24 @@ class ThreadTask(Task[Any, Any]):
     max_retries = int(_POLICY.get("max_retries", 8))
     # expected failures are logged without a traceback
     throws = (AgentThreadsError,)
+
+    def retry(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        exc: Exception | None = None,
+        throw: bool = True,
+        eta: Any = None,
+        countdown: Any = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Any:
+        """Celery's retry; when the retries are used up, an outage error says so."""
+        limit = self.max_retries if max_retries is None else max_retries
+        used = self.request.retries
+        if isinstance(exc, _OUTAGES) and limit is not None and used >= limit:
+            exc = type(exc)(f"{exc} (gave up after {used} retries)")
+        return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
 
     @property
     def threads(self) -> Threads:

@@ -128,6 +128,7 @@ def fails_after_retries(
     message = str(failure.value)
     assert repr(thread_id) in message
     assert f"S3 {action}" in message
+    assert message.endswith(f"(gave up after {MAX_RETRIES} retries)")
     return message
 
 
