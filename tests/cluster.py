@@ -9,7 +9,6 @@ every process, also when start-up failed halfway.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,31 +18,11 @@ from pathlib import Path
 
 import redis
 
-from storage.embedded import ServerProcess, find_redis_server, free_port, stop_process
+from storage.embedded import ServerProcess, find_redis_server, stop_process
+from tests.servers import free_port_pair
 
 CLUSTER_BUS_OFFSET = 10_000
 """A node's cluster bus listens on its port + 10000 (the default ``cluster-port``)."""
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def free_cluster_port(taken: set[int]) -> int:
-    """A free port whose cluster bus port (port + 10000) is free and below 65536 too."""
-    for _ in range(200):
-        port = free_port()
-        bus = port + CLUSTER_BUS_OFFSET
-        if port in taken or bus in taken or bus > 65535:
-            continue
-        if _bindable(bus):
-            return port
-    raise RuntimeError("no free port pair (port, port + 10000) found for a cluster node")
 
 
 def find_redis_cli(server_binary: str) -> str:
@@ -98,8 +77,9 @@ class RedisClusterServer(ServerProcess):
             self._tmp = tempfile.TemporaryDirectory(prefix="agent-threads-cluster-")
             root = Path(self._tmp.name)
             deadline = time.monotonic() + self.startup_timeout
+            taken: set[int] = set()
             for _ in range(self.masters):
-                self._start_node(root, free_cluster_port(set(self.ports)))
+                self._start_node(root, free_port_pair(CLUSTER_BUS_OFFSET, taken))
             for port in self.ports:
                 self._wait(partial(self._ping, port), deadline, f"node {port} to answer")
             self._create(deadline)

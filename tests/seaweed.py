@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,8 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from storage.embedded import ServerProcess, free_port, stop_process
+from storage.embedded import ServerProcess, stop_process
+from tests.servers import free_port_pair
 
 ACCESS_KEY = "agent-threads-test"
 SECRET_KEY = "agent-threads-test-secret"  # noqa: S105 - a throwaway identity of a local test server
@@ -43,27 +43,6 @@ def weed_binary() -> str | None:
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
     return shutil.which("weed")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _free_port_pair(taken: set[int]) -> int:
-    """A free port ``p`` whose gRPC twin ``p + GRPC_OFFSET`` is free as well."""
-    for _ in range(200):
-        port = free_port()
-        twin = port + GRPC_OFFSET
-        if port in taken or twin in taken or twin > 65535 or not _bindable(twin):
-            continue
-        taken.update((port, twin))
-        return port
-    raise RuntimeError("no free loopback port pair for SeaweedFS")
 
 
 class SeaweedServer(ServerProcess):
@@ -82,9 +61,10 @@ class SeaweedServer(ServerProcess):
         self.binary = binary or weed_binary()
         self.startup_timeout = startup_timeout
         taken: set[int] = set()
-        self.port = _free_port_pair(taken)
+        self.port = free_port_pair(GRPC_OFFSET, taken)
         self._ports = {
-            name: _free_port_pair(taken) for name in ("master", "volume", "filer", "admin")
+            name: free_port_pair(GRPC_OFFSET, taken)
+            for name in ("master", "volume", "filer", "admin")
         }
         self.process: subprocess.Popen[bytes] | None = None
         self.data_dir: Path | None = None

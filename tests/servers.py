@@ -7,6 +7,7 @@ Like ``storage.embedded.EmbeddedRedis``, each runs in the foreground of a
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +15,28 @@ import urllib.error
 import urllib.request
 
 from storage.embedded import ServerProcess, free_port, stop_process
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port_pair(offset: int, taken: set[int]) -> int:
+    """A free port ``p`` whose twin ``p + offset`` (a cluster bus, a gRPC port) is free
+    as well; neither is in ``taken``, and both are added to it."""
+    for _ in range(200):
+        port = free_port()
+        twin = port + offset
+        if port in taken or twin in taken or twin > 65535 or not _bindable(twin):
+            continue
+        taken.update((port, twin))
+        return port
+    raise RuntimeError(f"no free port pair (p, p + {offset}) found on 127.0.0.1")
 
 
 class MotoServer(ServerProcess):
