@@ -46,8 +46,9 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from types import TracebackType
 from typing import Literal, Self
+
+from storage.embedded import ServerProcess
 
 Mode = Literal["pass", "drop", "stall", "reset"]
 FaultKind = Literal["drop", "stall", "reset"]
@@ -100,7 +101,7 @@ def _abort(sock: socket.socket) -> None:
     sock.close()
 
 
-class FaultProxy:
+class FaultProxy(ServerProcess):
     """Forward 127.0.0.1:<port> to ``upstream``, with faults on demand (see module doc)."""
 
     def __init__(
@@ -174,17 +175,6 @@ class FaultProxy:
             raise RuntimeError(f"fault proxy {self.name} did not stop")
         if self.error is not None:
             raise RuntimeError(f"fault proxy {self.name} failed") from self.error
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -450,7 +440,7 @@ class FaultProxy:
             done.set()
 
 
-class Flaky:
+class Flaky(ServerProcess):
     """Random faults from a seed on ``proxies`` until stopped (or ``max_faults``):
     pause ``gap`` seconds, pick a proxy, a kind and a length, inject, wait it out,
     repeat. Every proxy is healed when it stops.
@@ -495,17 +485,6 @@ class Flaky:
         for proxy in self.proxies:
             if proxy.running:
                 proxy.heal()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _run(self) -> None:
         try:
