@@ -91,8 +91,9 @@ _SCRIPT_NAMES = (
 
 
 _SCRIPT_PARTS: dict[str, tuple[str, ...]] = {
-    # the destination half of a fork, the same whether the source shares its slot
+    # the source and destination halves of a fork, the same across slots or not
     "fork": ("_fork",),
+    "fork_read": ("_fork",),
     "fork_write": ("_fork",),
 }
 """Shared Lua parts (``lua/_<part>.lua``) a script needs after the prelude."""

@@ -1,7 +1,38 @@
--- The destination half of a fork, shared by fork.lua (source in the same slot)
--- and fork_write.lua (source in another Redis Cluster slot), so both refuse,
+-- The two halves of a fork, shared by fork.lua (source and destination in one
+-- slot), fork_read.lua (the source, across Redis Cluster slots) and
+-- fork_write.lua (the destination, across slots), so all of them read, refuse,
 -- repeat and create forks by the same rules. Prepended after _prelude.lua;
--- K_* are the destination's keys.
+-- K_* are the destination's keys (fork_read.lua's K_* are the source's).
+
+-- Where the fork cuts the source: the position of up_to ('' = -1, everything),
+-- or nil and the refusal {'not_found'} (no source) / {'no_message'} (no up_to).
+local function fork_cut(s_meta, s_ids, up_to)
+  if redis.call('EXISTS', s_meta) == 0 then
+    return nil, {'not_found'}
+  end
+  if up_to == '' then
+    return -1
+  end
+  local pos = tonumber(redis.call('HGET', s_ids, up_to) or '-1')
+  if pos < 0 then
+    return nil, {'no_message'}
+  end
+  return pos
+end
+
+-- What the fork copies: the records up to the cut and the ledger entries at those
+-- positions; retired ids (-1) stay retired in the fork.
+local function fork_copy(s_msgs, s_ids, cut)
+  local ledger = redis.call('HGETALL', s_ids)
+  local copied = {}
+  for i = 1, #ledger, 2 do
+    if cut < 0 or tonumber(ledger[i + 1]) <= cut then
+      copied[#copied + 1] = ledger[i]
+      copied[#copied + 1] = ledger[i + 1]
+    end
+  end
+  return redis.call('LRANGE', s_msgs, 0, cut), copied
+end
 
 -- Why the destination cannot take this fork, or nil if it is free:
 --   {'ok', 0, length, version} it already is this fork (same parent and fork

@@ -11,32 +11,15 @@
 local S_META, S_MSGS, S_IDS, S_STATE =
   KEYS[N_DATA + 1], KEYS[N_DATA + 2], KEYS[N_DATA + 3], KEYS[N_DATA + 4]
 local ttl, source, up_to = tonumber(ARGV[1]), ARGV[2], ARGV[3]
-if redis.call('EXISTS', S_META) == 0 then
-  return {'not_found'}
-end
-local cut = -1
-if up_to ~= '' then
-  local pos = tonumber(redis.call('HGET', S_IDS, up_to) or '-1')
-  if pos < 0 then
-    return {'no_message'}
-  end
-  cut = pos
+local cut, missing = fork_cut(S_META, S_IDS, up_to)
+if not cut then
+  return missing
 end
 local refusal = fork_refusal(ttl, source, up_to)
 if refusal then
   return refusal
 end
-local records = redis.call('LRANGE', S_MSGS, 0, cut)
-local ledger = redis.call('HGETALL', S_IDS)
-local copied = {}
-for i = 1, #ledger, 2 do
-  local pos = tonumber(ledger[i + 1])
-  -- Retired ids (-1) stay retired in the fork; positions past the cut are dropped.
-  if cut < 0 or pos <= cut then
-    copied[#copied + 1] = ledger[i]
-    copied[#copied + 1] = ledger[i + 1]
-  end
-end
+local records, copied = fork_copy(S_MSGS, S_IDS, cut)
 local state = redis.call('GET', S_STATE)
 chunked('RPUSH', K_MSGS, records)
 chunked('HSET', K_IDS, copied)
