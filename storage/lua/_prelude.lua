@@ -47,3 +47,40 @@ local function chunked(cmd, key, items)
     redis.call(cmd, key, unpack(items, i, math.min(i + CHUNK - 1, #items)))
   end
 end
+
+-- Write records and their ledger given in ARGV: n ids at ARGV[base + 1 ..], then
+-- their n records, then retired ids (ledger position -1) up to the end of ARGV;
+-- the records take positions first, first + 1, ...
+local function write_records(msgs_key, ids_key, base, n, first)
+  local ledger, records = {}, {}
+  for i = 1, n do
+    ledger[#ledger + 1] = ARGV[base + i]
+    ledger[#ledger + 1] = first + i - 1
+    records[i] = ARGV[base + n + i]
+  end
+  for i = base + 2 * n + 1, #ARGV do
+    ledger[#ledger + 1] = ARGV[i]
+    ledger[#ledger + 1] = -1
+  end
+  chunked('RPUSH', msgs_key, records)
+  chunked('HSET', ids_key, ledger)
+end
+
+-- Swap n records staged by stage.lua (and their ledger) in as the thread's list and
+-- ledger, with no expiry of their own. False, and the staging dropped, if the
+-- staging list does not hold exactly n records (it expired: start over).
+local function swap_staged(s_msgs, s_ids, n)
+  if redis.call('LLEN', s_msgs) ~= n then
+    redis.call('DEL', s_msgs, s_ids)
+    return false
+  end
+  if n > 0 then
+    redis.call('RENAME', s_msgs, K_MSGS)
+  end
+  if redis.call('EXISTS', s_ids) == 1 then
+    redis.call('RENAME', s_ids, K_IDS)
+  end
+  redis.call('PERSIST', K_MSGS)
+  redis.call('PERSIST', K_IDS)
+  return true
+end

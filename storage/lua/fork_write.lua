@@ -18,30 +18,10 @@ if refusal then
   return refusal
 end
 if mode == 'staged' then
-  if redis.call('LLEN', S_MSGS) ~= n then
-    redis.call('DEL', S_MSGS, S_IDS)
+  if not swap_staged(S_MSGS, S_IDS, n) then
     return {'incomplete'}
   end
-  if n > 0 then
-    redis.call('RENAME', S_MSGS, K_MSGS)
-    redis.call('PERSIST', K_MSGS)
-  end
-  if redis.call('EXISTS', S_IDS) == 1 then
-    redis.call('RENAME', S_IDS, K_IDS)
-    redis.call('PERSIST', K_IDS)
-  end
 else
-  local ledger, records = {}, {}
-  for i = 1, n do
-    ledger[#ledger + 1] = ARGV[7 + i]
-    ledger[#ledger + 1] = i - 1
-    records[i] = ARGV[7 + n + i]
-  end
-  for i = 8 + 2 * n, #ARGV do
-    ledger[#ledger + 1] = ARGV[i]
-    ledger[#ledger + 1] = -1
-  end
-  chunked('RPUSH', K_MSGS, records)
-  chunked('HSET', K_IDS, ledger)
+  write_records(K_MSGS, K_IDS, 7, n, 0)
 end
 return fork_finish(ttl, source, up_to, epoch, ARGV[7], n)

@@ -42,31 +42,11 @@ if n_turns > 0 then
   chunked('HSET', K_TURNS, finished)
 end
 if mode == 'staged' then
-  if redis.call('LLEN', S_MSGS) ~= n then
-    discard_staging()
+  if not swap_staged(S_MSGS, S_IDS, n) then
     return {'incomplete'}
   end
-  if n > 0 then
-    redis.call('RENAME', S_MSGS, K_MSGS)
-  end
-  if redis.call('EXISTS', S_IDS) == 1 then
-    redis.call('RENAME', S_IDS, K_IDS)
-  end
-  redis.call('PERSIST', K_MSGS)
-  redis.call('PERSIST', K_IDS)
 else
-  local ledger, records = {}, {}
-  for i = 1, n do
-    ledger[#ledger + 1] = ARGV[base + i]
-    ledger[#ledger + 1] = i - 1
-    records[i] = ARGV[base + n + i]
-  end
-  for i = base + 2 * n + 1, #ARGV do
-    ledger[#ledger + 1] = ARGV[i]
-    ledger[#ledger + 1] = -1
-  end
-  chunked('RPUSH', K_MSGS, records)
-  chunked('HSET', K_IDS, ledger)
+  write_records(K_MSGS, K_IDS, base, n, 0)
 end
 if ARGV[12] == '1' then
   redis.call('SET', K_STATE, ARGV[13])

@@ -9,18 +9,7 @@ local stage_ttl, first, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[
 if redis.call('LLEN', S_MSGS) ~= first then
   return -1 -- a chunk is missing or repeated; the caller starts over
 end
-local ledger, records = {}, {}
-for i = 1, n do
-  ledger[#ledger + 1] = ARGV[3 + i]
-  ledger[#ledger + 1] = first + i - 1
-  records[i] = ARGV[3 + n + i]
-end
-for i = 4 + 2 * n, #ARGV do
-  ledger[#ledger + 1] = ARGV[i]
-  ledger[#ledger + 1] = -1
-end
-chunked('RPUSH', S_MSGS, records)
-chunked('HSET', S_IDS, ledger)
+write_records(S_MSGS, S_IDS, 3, n, first)
 redis.call('PEXPIRE', S_MSGS, stage_ttl)
 redis.call('PEXPIRE', S_IDS, stage_ttl)
 return redis.call('LLEN', S_MSGS)
