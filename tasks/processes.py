@@ -8,7 +8,25 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from celery import Celery
+
+
+def client_app(name: str, env: Mapping[str, str], queues: Sequence[str]) -> Celery:
+    """A Celery app for a producer in another process than the workers started with
+    ``env`` and ``queues``: their broker and results, ``threads.*`` routed to the
+    first queue and every other task to the last."""
+    app = Celery(name)
+    app.config_from_object("celeryconfig")
+    app.conf.update(
+        broker_url=env["AGENT_THREADS_BROKER_URL"],
+        result_backend=env["AGENT_THREADS_RESULT_BACKEND"],
+        task_routes={"threads.*": {"queue": queues[0]}},
+        task_default_queue=queues[-1],
+    )
+    return app
 
 
 class WorkerProcess:

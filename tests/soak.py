@@ -70,7 +70,7 @@ from storage.records import Message
 from storage.tiered import Threads
 from tasks.app import build_threads, settings
 from tasks.client import ThreadClient
-from tasks.processes import WorkerProcess
+from tasks.processes import WorkerProcess, client_app
 
 REPO = Path(__file__).resolve().parent.parent
 NAMESPACE = "soak"
@@ -335,14 +335,7 @@ class SoakStack:
             "AGENT_THREADS_RESTORE_INTERVAL": "1",
         }
         env = without_model_sdks(env, self.tmp_path / "worker-site")
-        self.app = Celery("soak-client")
-        self.app.config_from_object("celeryconfig")
-        self.app.conf.update(
-            broker_url=f"{base}/{BROKER_DB}",
-            result_backend=f"{base}/{RESULTS_DB}",
-            task_routes={"threads.*": {"queue": QUEUES[0]}},
-            task_default_queue=QUEUES[1],
-        )
+        self.app = client_app("soak-client", env, QUEUES)
         self.hot_client = self._client(HOT_DB)
         self.broker_client = self._client(BROKER_DB)
         # the storage the workers build, from the same settings (key layout included)

@@ -358,10 +358,9 @@ def test_worker_runs_turns_and_a_cross_slot_fork_on_the_cluster(
     """A `celery worker` process configured with AGENT_THREADS_REDIS_CLUSTER=1 runs a
     new turn, a continued turn after eviction, and a forking turn into a thread on
     another slot; the broker is a separate single-node Redis."""
-    from celery import Celery
 
     from tasks.client import ThreadClient
-    from tasks.processes import WorkerProcess
+    from tasks.processes import WorkerProcess, client_app
 
     queues = ["cluster-threads", "cluster-default"]
     cold_root = tmp_path / "cold"
@@ -378,14 +377,7 @@ def test_worker_runs_turns_and_a_cross_slot_fork_on_the_cluster(
             "AGENT_THREADS_DEFAULT_QUEUE": queues[1],
             "AGENT_THREADS_IMPORTS": "tests.agent_tasks",
         }
-        app = Celery("cluster-client")
-        app.config_from_object("celeryconfig")
-        app.conf.update(
-            broker_url=f"{base}/0",
-            result_backend=f"{base}/1",
-            task_routes={"threads.*": {"queue": queues[0]}},
-            task_default_queue=queues[1],
-        )
+        app = client_app("cluster-client", env, queues)
         worker = WorkerProcess(env, queues, name="cluster", log_path=str(tmp_path / "worker.log"))
         worker.start()
         try:

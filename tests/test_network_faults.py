@@ -39,7 +39,6 @@ from typing import Any
 
 import pytest
 import redis
-from celery import Celery
 from celery.result import AsyncResult
 
 import celeryconfig
@@ -50,7 +49,7 @@ from storage.errors import ColdStoreUnavailable, HotStoreUnavailable
 from storage.tiered import Threads
 from tasks.app import build_threads
 from tasks.client import ThreadClient
-from tasks.processes import WorkerProcess
+from tasks.processes import WorkerProcess, client_app
 from tests.conftest import msg, s3_client_for
 from tests.faultproxy import FaultProxy, Flaky
 from tests.servers import MotoServer
@@ -106,14 +105,7 @@ class WorkerStack:
         self.worker = WorkerProcess(
             env, self.queues, name=name, log_path=str(log_path), cwd=str(REPO)
         )
-        self.app = Celery(f"{name}-client")
-        self.app.config_from_object("celeryconfig")
-        self.app.conf.update(
-            broker_url=f"{base}/1",
-            result_backend=f"{base}/2",
-            task_routes={"threads.*": {"queue": self.queues[0]}},
-            task_default_queue=self.queues[1],
-        )
+        self.app = client_app(f"{name}-client", env, self.queues)
         self.client = ThreadClient(self.app, timeout=150, resend_after=40)
         self.retries = 0
         self.retried_tasks = 0

@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
 from storage.embedded import EmbeddedRedis, free_port
 from storage.errors import ThreadNotFound
 from tasks import logs
-from tasks.processes import WorkerProcess
+from tasks.processes import WorkerProcess, client_app
 from tasks.turns import agent_turn
 from tests.conftest import msg
 
@@ -90,14 +89,7 @@ class Observed:
             cwd=str(REPO),
             loglevel="INFO",
         )
-        self.app = Celery("obs-client")
-        self.app.config_from_object("celeryconfig")
-        self.app.conf.update(
-            broker_url=f"{base}/1",
-            result_backend=f"{base}/2",
-            task_routes={"threads.*": {"queue": QUEUES[0]}},
-            task_default_queue=QUEUES[1],
-        )
+        self.app = client_app("obs-client", env, QUEUES)
 
     def start(self) -> Observed:
         self.worker.start()

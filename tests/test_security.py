@@ -47,7 +47,7 @@ from storage.embedded import (
 )
 from storage.tiered import Threads
 from tasks.app import build_threads, hot_redis_from_settings
-from tasks.processes import WorkerProcess
+from tasks.processes import WorkerProcess, client_app
 from tests.conftest import msg, redis_contents, s3_client_for
 from tests.servers import MotoServer
 
@@ -706,14 +706,7 @@ def test_no_secret_in_worker_info_log_or_cli_output(s3_server: MotoServer, tmp_p
             "AWS_SECRET_ACCESS_KEY": aws_secret,
             "COLUMNS": "200",
         }
-        client = Celery("secret-client")
-        client.config_from_object("celeryconfig")
-        client.conf.update(
-            broker_url=f"{base}/1",
-            result_backend=f"{base}/2",
-            task_routes={"threads.*": {"queue": queues[0]}},
-            task_default_queue=queues[1],
-        )
+        client = client_app("secret-client", env, queues)
         worker = WorkerProcess(
             env, queues, name="secrets", log_path=str(log_path), cwd=str(REPO), loglevel="INFO"
         )

@@ -17,14 +17,13 @@ from pathlib import Path
 
 import pytest
 import redis
-from celery import Celery
 
 from storage import HotStore
 from storage.cold import FileColdStore
 from storage.embedded import EmbeddedRedis
 from storage.tiered import Threads
 from tasks.client import ThreadClient
-from tasks.processes import WorkerProcess
+from tasks.processes import WorkerProcess, client_app
 from tests.conftest import msg
 from tests.soak import without_model_sdks
 
@@ -56,14 +55,7 @@ class Crashes:
         }
         env = without_model_sdks(env, log_path.parent / "worker-site")
         self.worker = WorkerProcess(env, QUEUES, log_path=str(log_path), cwd=str(REPO))
-        self.app = Celery("crash-client")
-        self.app.config_from_object("celeryconfig")
-        self.app.conf.update(
-            broker_url=f"{base}/3",
-            result_backend=f"{base}/4",
-            task_routes={"threads.*": {"queue": QUEUES[0]}},
-            task_default_queue=QUEUES[1],
-        )
+        self.app = client_app("crash-client", env, QUEUES)
         self.client = ThreadClient(self.app, timeout=RESULT_TIMEOUT, resend_after=12)
         self.hot_client = redis.Redis.from_url(self.hot_url)
         self.threads = Threads(HotStore(self.hot_client), FileColdStore(cold_root))
