@@ -17,10 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import redis
-from botocore.config import Config
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
@@ -29,7 +27,7 @@ from storage.cold import ColdStore, FileColdStore, S3ColdStore
 from storage.embedded import EmbeddedRedis
 from storage.tiered import Threads
 from tests.cluster import RedisClusterServer
-from tests.servers import MotoServer
+from tests.servers import MotoServer, s3_client_for
 
 pytest_plugins = ("celery.contrib.pytest",)
 
@@ -91,17 +89,6 @@ def s3_server() -> Iterator[MotoServer]:
         yield server
     finally:
         server.stop()
-
-
-def s3_client_for(url: str, **config: Any) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",  # noqa: S106 - moto's dummy credentials
-        config=Config(retries={"mode": "standard", "max_attempts": 2}, **config),
-    )
 
 
 @pytest.fixture

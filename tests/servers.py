@@ -13,6 +13,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from typing import Any
+
+import boto3
+from botocore.config import Config
 
 from storage.embedded import ServerProcess, free_port, stop_process
 
@@ -73,3 +77,15 @@ class MotoServer(ServerProcess):
     def stop(self) -> None:
         process, self.process = self.process, None
         stop_process(process)
+
+
+def s3_client_for(url: str, **config: Any) -> Any:
+    """A boto3 S3 client for a test endpoint (moto's dummy credentials)."""
+    return boto3.client(
+        "s3",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",  # noqa: S106 - moto's dummy credentials
+        config=Config(retries={"mode": "standard", "max_attempts": 2}, **config),
+    )

@@ -55,9 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 import redis
-from botocore.config import Config
 from celery import Celery
 from celery.exceptions import TimeoutError as ResultTimeout
 from celery.result import AsyncResult
@@ -71,6 +69,7 @@ from storage.tiered import Threads
 from tasks.app import build_threads, settings
 from tasks.client import ThreadClient
 from tasks.processes import WorkerProcess, client_app
+from tests.servers import s3_client_for
 
 REPO = Path(__file__).resolve().parent.parent
 NAMESPACE = "soak"
@@ -281,17 +280,6 @@ def without_model_sdks(env: dict[str, str], folder: Path) -> dict[str, str]:
     return {**env, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
 
 
-def s3_client(url: str) -> Any:
-    return boto3.client(
-        "s3",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",  # noqa: S106 - moto's dummy credentials
-        config=Config(retries={"mode": "standard", "max_attempts": 2}),
-    )
-
-
 class SoakStack:
     """Its own redis-server (hot tier, broker and results in dbs 0, 1, 2), a cold
     store, an app for the producers, three workers, and storage to inspect."""
@@ -314,7 +302,7 @@ class SoakStack:
 
             self.s3 = MotoServer().start()
             bucket = "soak"
-            s3_client(self.s3.url).create_bucket(Bucket=bucket)
+            s3_client_for(self.s3.url).create_bucket(Bucket=bucket)
             cold = {"cold_url": f"s3://{bucket}/threads", "s3_endpoint_url": self.s3.url}
         else:
             cold = {"cold_url": f"file://{self.tmp_path / 'cold'}", "s3_endpoint_url": ""}
