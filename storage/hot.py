@@ -11,6 +11,7 @@ refused call writes nothing.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -56,7 +57,7 @@ from storage.results import (
     TruncateResult,
     WriteResult,
 )
-from storage.snapshot import Snapshot
+from storage.snapshot import Snapshot, decode_last_merge
 
 RedisClient: TypeAlias = "redis.Redis | redis.RedisCluster"
 
@@ -87,6 +88,7 @@ _SCRIPT_NAMES = (
     "flush_commit",
     "stage",
     "restore",
+    "tombstone",
 )
 
 
@@ -165,7 +167,10 @@ class HotStore:
     ``archive_marker_ttl_seconds``: after an eviction a small marker
     (``ns:{tid}:archived``) remains this long, so a hydrate that read an older
     archive before the eviction can never restore it; it must exceed the
-    longest hydrate (default one hour).
+    longest hydrate (default one hour); a delete's tombstone lives as long.
+    ``keep_unarchived``: a cold tier archives this store (``Threads`` turns it on):
+    the TTL runs only while a thread equals its archive, so Redis never expires a
+    write the archive does not hold. Off (a hot tier alone), the TTL is the retention.
     """
 
     def __init__(
@@ -176,6 +181,7 @@ class HotStore:
         ttl_seconds: int | None = DEFAULT_TTL_SECONDS,
         limits: Limits = DEFAULT_LIMITS,
         archive_marker_ttl_seconds: int = 3600,
+        keep_unarchived: bool = False,
     ) -> None:
         if ttl_seconds is not None and ttl_seconds < 1:
             raise ValueError("ttl_seconds must be >= 1 or None")
@@ -184,11 +190,18 @@ class HotStore:
         self.redis = redis
         self.layout = KeyLayout(namespace)
         self.limits = limits
-        self._ttl_ms = 0 if ttl_seconds is None else ttl_seconds * 1000
+        self._expiry_ms = 0 if ttl_seconds is None else ttl_seconds * 1000
+        self.keep_unarchived = keep_unarchived
         self._marker_ttl_ms = archive_marker_ttl_seconds * 1000
         self._scripts: dict[str, Script] = {
             name: redis.register_script(script_source(name)) for name in _SCRIPT_NAMES
         }
+
+    @property
+    def _ttl_ms(self) -> int:
+        """The scripts' expiry argument (``touch`` in _prelude.lua): negative when the
+        TTL may only run on archived threads."""
+        return -self._expiry_ms if self.keep_unarchived else self._expiry_ms
 
     @property
     def namespace(self) -> str:
@@ -246,9 +259,40 @@ class HotStore:
         meta = self.keys(thread_id).meta
         return bool(self._redis_call(lambda: self.redis.exists(meta)))
 
-    def delete(self, thread_id: str) -> bool:
-        """Delete every hot key of the thread; True if it existed. Idempotent."""
-        return bool(self._call("delete", self.keys(thread_id).data))
+    def delete(self, thread_id: str, *, tombstone: bool = True) -> bool:
+        """Delete every hot key of the thread and leave a tombstone (see
+        ``ThreadKeys.tomb``; ``tombstone=False``: an import replacing the hot copy by
+        its archive); True if it existed. Idempotent."""
+        ttl = self._marker_ttl_ms if tombstone else 0
+        return bool(self._call("delete", self.keys(thread_id).data, [ttl]))
+
+    def tombstone(self, thread_id: str) -> bool:
+        """Tombstone a thread that is not in use (not hot, no eviction marker) before its
+        archive is pruned; False, and nothing written, if it is in use."""
+        return bool(self._call("tombstone", self.keys(thread_id).data, [self._marker_ttl_ms]))
+
+    def clear_tombstone(self, thread_id: str) -> None:
+        """Let archives of deleted incarnations be restored again (an operator's import)."""
+        tomb = self.keys(thread_id).tomb
+        self._redis_call(lambda: self.redis.delete(tomb))
+
+    def descends(self, thread_id: str, version: int, head: str, etag: str) -> bool:
+        """Whether the archive ``(version, head, etag)`` was made from this hot copy's own
+        history: it is the archive the copy knows, or a state a flush read from it
+        (``read:<version>``, see flush_read.lua). False for a copy that diverged (a
+        Redis rollback), or one that is gone."""
+        meta = self.keys(thread_id).meta
+        found = self._redis_call(
+            lambda: self.redis.hmget(meta, "cold_etag", "version", "head", f"read:{version}")
+        )
+        cold_etag, current, current_head, read = (None if v is None else _text(v) for v in found)
+        if not head:  # an archive written before lineage heads: only its etag can tell
+            return cold_etag == etag
+        return (
+            cold_etag == etag
+            or read == head
+            or (current is not None and int(current) == version and current_head == head)
+        )
 
     # -- messages ----------------------------------------------------------
 
@@ -333,6 +377,7 @@ class HotStore:
             lease_owner=owner,
             lease_ttl_ms=int(lease_pttl) if owner else None,
             ttl_ms=int(meta_pttl) if int(meta_pttl) >= 0 else None,
+            last_merge=decode_last_merge(meta.get("last_merge")),
         )
 
     def length(self, thread_id: str) -> int:
@@ -578,6 +623,8 @@ class HotStore:
             records=records,
             retired_ids=tuple(retired),
             finished_turns=tuple(sorted(_text(t) for t in reply[5])),
+            head=meta.get("head", ""),
+            last_merge=decode_last_merge(meta.get("last_merge")),
         )
         return replace(source, snapshot=snapshot)
 
@@ -601,6 +648,7 @@ class HotStore:
             "1" if evict else "0",
             release_owner or "",
             self._marker_ttl_ms,
+            self._ttl_ms,
         ]
         reply = self._call("flush_commit", keys.data, args)
         outcome = _text(reply[0])
@@ -610,23 +658,33 @@ class HotStore:
         return FlushCommit(outcome, int(reply[1]), holder or None)
 
     def restore(
-        self, snapshot: Snapshot, etag: str, *, chunk_size: int = CHUNK_RECORDS, pin_ms: int = 0
+        self,
+        snapshot: Snapshot,
+        etag: str,
+        *,
+        chunk_size: int = CHUNK_RECORDS,
+        pin_ms: int = 0,
+        rebase: tuple[int, str] | None = None,
     ) -> str:
         """Make ``snapshot`` the hot thread atomically: "restored", "hot" (already
-        hot, nothing written), "stale" (older than the archive last evicted here)
-        or "incomplete" (staging expired; start over).
+        hot, nothing written), "stale" (older than the archive last evicted here),
+        "deleted" (a delete or prune tombstoned its incarnation) or "incomplete"
+        (staging expired; start over).
 
         Up to ``chunk_size`` records (and ``CHUNK_BYTES``) go in the one restore
         script; larger threads are staged in chunks under keys no reader looks
         at, then swapped in by the restore script, so a reader never sees a
         half-restored thread.
         ``pin_ms`` keeps the restored thread from eviction that long.
+        ``rebase=(version, head)`` replaces the hot copy instead, only if it is still
+        at that version and lineage head: "rebased", or "moved" (nothing written).
         """
         keys = self.keys(snapshot.thread_id)
         staging = keys.staging(uuid.uuid4().hex)
         count = len(snapshot.records)
         spans = _spans(snapshot.records, chunk_size)
         state = encode_state(snapshot.state, self.limits) if snapshot.state else b""
+        merge = "" if snapshot.last_merge is None else json.dumps(snapshot.last_merge)
         header = [
             self._ttl_ms,
             "inline" if len(spans) == 1 else "staged",
@@ -642,6 +700,10 @@ class HotStore:
             "1" if state else "0",
             state,
             pin_ms,
+            snapshot.head,
+            "" if rebase is None else rebase[0],
+            "" if rebase is None else rebase[1],
+            merge,
             len(snapshot.finished_turns),
             *snapshot.finished_turns,
         ]

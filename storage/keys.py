@@ -118,6 +118,13 @@ class ThreadKeys:
         whose flush evicted the thread must still find it finished after a restore)."""
         return self._key("turns")
 
+    @property
+    def tomb(self) -> str:
+        """STRING: ms of the last delete (or prune) of this id. A restore of an
+        incarnation created before then is refused, so a hydrate that read the archive
+        before the delete cannot bring the thread back; it expires with the marker."""
+        return self._key("tomb")
+
     def staging(self, token: str) -> list[str]:
         """LIST and HASH a large hydrate fills in chunks before one script swaps them in."""
         return [self._key(f"staging:{token}:msgs"), self._key(f"staging:{token}:ids")]
@@ -125,7 +132,16 @@ class ThreadKeys:
     @property
     def data(self) -> list[str]:
         """The keys a script receives, in the fixed order every script expects."""
-        return [self.meta, self.msgs, self.ids, self.state, self.lease, self.archived, self.turns]
+        return [
+            self.meta,
+            self.msgs,
+            self.ids,
+            self.state,
+            self.lease,
+            self.archived,
+            self.turns,
+            self.tomb,
+        ]
 
 
 @dataclass(frozen=True, slots=True)

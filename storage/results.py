@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from storage.snapshot import Snapshot
 
@@ -82,6 +83,9 @@ class ThreadInfo:
     lease_owner: str | None
     lease_ttl_ms: int | None
     ttl_ms: int | None
+    last_merge: dict[str, Any] | None = None
+    """The last merge of a hot copy that had diverged from its archive (a Redis
+    rollback), see ``storage.lineage``; None if there was none."""
     """Milliseconds until the hot copy expires; None when it has no expiry."""
 
 
@@ -109,7 +113,9 @@ class FlushCommit:
 
 @dataclass(frozen=True, slots=True)
 class FlushResult:
-    """``status``: "archived" (uploaded), "unchanged" (archive was current) or "absent"."""
+    """``status``: "archived" (uploaded), "unchanged" (archive was current), "merged"
+    (the hot copy had diverged from its archive, e.g. after a Redis rollback: the
+    union of both was archived, see ``storage.lineage``) or "absent"."""
 
     status: str
     version: int | None = None

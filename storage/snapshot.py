@@ -61,6 +61,12 @@ class Snapshot:
     """Ids removed by ``replace_all``; still deduplicated after a hydrate."""
     finished_turns: tuple[str, ...] = ()
     """Lease owners (turn ids) whose turn ended; they can never take the lease again."""
+    head: str = ""
+    """The lineage head of the hot copy this was read from: unique per mutation, so a
+    flush can tell an archive of its own history from one of a diverged copy
+    ("" in archives written before lineage heads)."""
+    last_merge: dict[str, Any] | None = None
+    """The last merge of a diverged hot copy with its archive (``storage.lineage``)."""
 
     def messages(self) -> list[Message]:
         return decode_records(self.records)
@@ -122,7 +128,10 @@ def encode_snapshot(
         "fork_point": snapshot.fork_point,
         "creator": snapshot.creator,
         "count": len(snapshot.records),
+        "head": snapshot.head,
     }
+    if snapshot.last_merge is not None:
+        header["last_merge"] = snapshot.last_merge
     header["checksum"] = _checksum(header, payload)
     raw = _dumps(header) + b"\n" + payload
     if compression == "gzip":
@@ -250,6 +259,9 @@ def decode_snapshot(
         parent, fork_point, creator = (header.get(k) for k in ("parent", "fork_point", "creator"))
         if not all(v is None or isinstance(v, str) for v in (parent, fork_point, creator)):
             raise SnapshotCorrupt("snapshot lineage fields are malformed")
+        head, last_merge = header.get("head", ""), header.get("last_merge")
+        if not isinstance(head, str) or not (last_merge is None or isinstance(last_merge, dict)):
+            raise SnapshotCorrupt("snapshot lineage head or merge record is malformed")
         return Snapshot(
             thread_id=thread_id,
             namespace=_field(header, "namespace", str),
@@ -265,8 +277,18 @@ def decode_snapshot(
             records=records,
             retired_ids=retired,
             finished_turns=finished_turns,
+            head=head,
+            last_merge=last_merge,
         )
     except AgentThreadsError as exc:
         if isinstance(exc, SnapshotCorrupt):
             raise
         raise SnapshotCorrupt(f"snapshot of {thread_id!r} is malformed: {exc}") from exc
+
+
+def decode_last_merge(value: str | None) -> dict[str, Any] | None:
+    """The merge record kept as JSON in a hot thread's meta (None when there is none)."""
+    if not value:
+        return None
+    found = json.loads(value)
+    return found if isinstance(found, dict) else None

@@ -11,8 +11,13 @@ lose a write that races it:
   upload bumps the version, so the thread stays hot and the next flush
   archives it: nothing is ever deleted that was not archived.
 * a stale flush (an older version, e.g. a redelivered task) loses the CAS,
-  re-reads the archive, sees a newer version there and uploads nothing: the
-  archive never goes back in time.
+  re-reads the archive, sees a newer version of its own hot copy's history there
+  and uploads nothing: the archive never goes back in time. An archive the hot
+  copy does not descend from (a Redis rollback) is never overwritten: both are
+  merged by message id (``storage.lineage``).
+* a delete or prune leaves a tombstone that restores respect, so a hydrate that
+  read the archive before it cannot bring the thread back.
+* with a cold tier, Redis never expires a thread that is ahead of its archive.
 * hydrate restores in one script (large threads are staged in chunks and
   swapped in by that script). If the thread is already hot, nothing happens;
   if the snapshot it read is older than the one this Redis last evicted (the
@@ -21,7 +26,9 @@ lose a write that races it:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from storage.cold import ColdStore
@@ -34,6 +41,7 @@ from storage.errors import (
     ThreadNotFound,
 )
 from storage.hot import HotStore
+from storage.lineage import merge
 from storage.records import Message
 from storage.results import (
     AppendResult,
@@ -58,6 +66,18 @@ evicted for this long, so a flush racing that access cannot evict it again and
 again before the access lands."""
 
 
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """What ``Threads._upload`` left in the cold tier: the archive's etag and version,
+    the bytes uploaded (0: the archive already held it), and the merged snapshot when
+    the hot copy had diverged from the archive."""
+
+    etag: str
+    version: int
+    size: int
+    merged: Snapshot | None
+
+
 class Threads:
     """Tiered threads: ``Threads(HotStore(redis), S3ColdStore(...))``."""
 
@@ -75,6 +95,8 @@ class Threads:
                 f"the cold store keys archives of namespace {cold_namespace!r} but the hot "
                 f"store is namespace {hot.namespace!r}: give both the same namespace"
             )
+        # With a cold tier, Redis never expires a write the archive does not hold.
+        hot.keep_unarchived = True
         self.hot = hot
         self.cold = cold
         self.restore_chunk = restore_chunk
@@ -106,6 +128,8 @@ class Threads:
                 return HydrateResult("restored", snapshot.version, len(snapshot.records))
             if outcome == "hot":
                 return HydrateResult("hot")
+            if outcome == "deleted":  # read before a delete or prune: it stays deleted
+                return HydrateResult("absent")
             # "stale" or "incomplete": read the archive again
         raise ColdStoreUnavailable(
             f"hydrate of thread {thread_id!r} kept racing newer archives; retry later"
@@ -133,7 +157,10 @@ class Threads:
             assert source.cold_etag is not None
             etag, archived, size, status = source.cold_etag, source.version, 0, "unchanged"
         else:
-            etag, archived, size = self._upload(source.snapshot, source.cold_etag)
+            upload = self._upload(source.snapshot, source.cold_etag)
+            if upload.merged is not None:
+                return self._rebase(source.snapshot, upload, evict, release_owner)
+            etag, archived, size = upload.etag, upload.version, upload.size
             status = "archived" if size else "unchanged"
         commit = self.hot.commit_flush(
             thread_id,
@@ -175,38 +202,79 @@ class Threads:
                 kept.append(thread_id)
         return IdleFlushReport(len(candidates), tuple(evicted), tuple(kept), tuple(failed))
 
-    def _upload(self, snapshot: Snapshot, if_match: str | None) -> tuple[str, int, int]:
-        """CAS-upload ``snapshot``; returns (etag, archived version, bytes uploaded).
+    def _upload(self, snapshot: Snapshot, if_match: str | None) -> Upload:
+        """CAS-upload ``snapshot`` (read from the hot copy, which knew the archive
+        ``if_match``).
 
-        On a lost CAS the archive is read back: if it already holds this version
-        or a newer one of the same thread incarnation, nothing is uploaded (bytes
-        0); if it is older, the upload is retried against its etag.
+        On a lost CAS the archive is read back. If the hot copy's own history made it
+        (``HotStore.descends``: a concurrent or newer flush of this copy), an archive
+        of this version or newer means nothing to upload; an older one is replaced.
+        If the hot copy diverged from it (a Redis rollback), the archive is never
+        overwritten: the merge of both (``storage.lineage.merge``) is uploaded against
+        its etag instead, and returned as ``Upload.merged``.
         """
-        data = encode_snapshot(snapshot, self.cold.compression, self.cold.compression_level)
+        hot_copy, merged = snapshot, None
         for _ in range(_CAS_ATTEMPTS):
+            data = encode_snapshot(snapshot, self.cold.compression, self.cold.compression_level)
             try:
                 etag = self.cold.write_bytes(snapshot.thread_id, data, if_match)
-                return etag, snapshot.version, len(data)
+                return Upload(etag, snapshot.version, len(data), merged)
             except ColdStoreConflict:
                 current = self.cold.read(snapshot.thread_id)
             if current is None:
                 if_match = None
                 continue
             archived, etag = current
-            if archived.epoch != snapshot.epoch:
+            if archived.epoch != hot_copy.epoch:
                 raise ThreadExists(
                     snapshot.thread_id,
                     "the cold archive belongs to another incarnation of this thread id "
-                    f"(archive epoch {archived.epoch}, hot epoch {snapshot.epoch}); "
+                    f"(archive epoch {archived.epoch}, hot epoch {hot_copy.epoch}); "
                     "nothing was overwritten or evicted",
                 )
-            if archived.version >= snapshot.version:
-                return etag, archived.version, 0
+            if self.hot.descends(snapshot.thread_id, archived.version, archived.head, etag):
+                if archived.version >= snapshot.version:
+                    return Upload(etag, archived.version, 0, None)
+            else:
+                snapshot = merged = merge(archived, hot_copy, now_ms=int(time.time() * 1000))
             if_match = etag
         raise ColdStoreUnavailable(
             f"flush of thread {snapshot.thread_id!r} lost {_CAS_ATTEMPTS} compare-and-swap "
             "rounds in a row; retry later"
         )
+
+    def _rebase(
+        self, hot_copy: Snapshot, upload: Upload, evict: bool, release_owner: str | None
+    ) -> FlushResult:
+        """After a merge was archived: make it the hot copy too (only if the hot copy is
+        still the one merged), then commit the flush as usual. If the hot copy moved on
+        meanwhile it keeps its writes and does not adopt the archive, so its next flush
+        merges again; the turn it ends is released either way."""
+        merged = upload.merged
+        assert merged is not None
+        thread_id = hot_copy.thread_id
+        outcome = self.hot.restore(
+            merged,
+            upload.etag,
+            chunk_size=self.restore_chunk,
+            rebase=(hot_copy.version, hot_copy.head),
+        )
+        if outcome != "rebased":
+            if release_owner is not None:
+                self.hot.release_lease(thread_id, release_owner)
+            return FlushResult("merged", merged.version, upload.etag, False, upload.size)
+        commit = self.hot.commit_flush(
+            thread_id,
+            version=merged.version,
+            etag=upload.etag,
+            epoch=merged.epoch,
+            evict=evict,
+            release_owner=release_owner,
+        )
+        evicted = commit.outcome == "evicted"
+        if evicted:
+            self.hot.forget_activity(thread_id)
+        return FlushResult("merged", merged.version, upload.etag, evicted, upload.size)
 
     def _check_namespace(self, snapshot: Snapshot) -> None:
         if snapshot.namespace != self.hot.namespace:

@@ -206,6 +206,7 @@ class ThreadView:
             "state": s.state,
             "retired_ids": list(s.retired_ids),
             "finished_turns": list(s.finished_turns),
+            "last_merge": s.last_merge,
             "messages": self.messages,
         }
 
@@ -502,10 +503,11 @@ def import_snapshot(
                 "(wait for the turn to finish, then import with --force)"
             )
     data = encode_snapshot(snapshot, store.cold.compression, store.cold.compression_level)
+    store.hot.clear_tombstone(target)  # an import may bring back a deleted thread
     new_etag = store.cold.write_bytes(target, data, etag)  # create-only, or CAS on what we saw
     if in_hot:  # a forced replace: the old hot copy would shadow the new archive
         try:
-            store.hot.delete(target)
+            store.hot.delete(target, tombstone=False)  # the archive replaces it
             store.hot.forget_activity(target)
         except AgentThreadsError as exc:
             raise ImportIncomplete(
@@ -651,7 +653,11 @@ def prune_cold(
     in_use, deleted, failed = [], [], []
     for item in candidates:
         try:
-            if _in_use(store, item.thread_id):
+            # the tombstone first, atomically with the in-use check: a hydrate that
+            # read the archive before it cannot restore the thread after the delete
+            if _in_use(store, item.thread_id) or not (
+                dry_run or store.hot.tombstone(item.thread_id)
+            ):
                 in_use.append(item.thread_id)
                 status = "in use"
             else:

@@ -240,7 +240,7 @@ def test_inspect_json_reports_tier_lease_archive_and_fork(s3_tiers: Tiers) -> No
     assert src["archive"]["etag"] == store.cold.head("src")
     assert src["lease"]["owner"] == "turn-2"
     assert 0 < src["lease"]["ttl_ms"] <= 60_000
-    assert src["ttl_ms"] > 0
+    assert src["ttl_ms"] is None  # ahead of its archive: Redis may not expire it
     assert [m["id"] for m in src["messages"]] == ["m1", "m2", "m3"]
     kid = json.loads(s3_tiers.ok("inspect", "kid", "--json", "--last", "1").output)
     assert (kid["parent"], kid["fork_point"], kid["length"]) == ("src", "m1", 1)

@@ -62,7 +62,8 @@ def test_unarchived_writes_carry_no_expiry_at_the_worker_defaults(
     assert set(ttls(redis_client, store.hot, "chat").values()) == {-1}
     store.flush("chat", evict=False)  # now the archive holds it: the TTL runs
     after = ttls(redis_client, store.hot, "chat")
-    assert after and all(DAY_MS - 60_000 < ttl <= DAY_MS for ttl in after.values()), after
+    assert after
+    assert all(DAY_MS - 60_000 < ttl <= DAY_MS for ttl in after.values()), after
     store.append("chat", [msg("m2")])  # ahead of the archive again: no expiry
     assert set(ttls(redis_client, store.hot, "chat").values()) == {-1}
 

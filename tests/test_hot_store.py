@@ -385,7 +385,9 @@ def test_delete_removes_every_key_and_is_idempotent(
     hot.append("t1", [msg("m1")])
     hot.acquire_lease("t1", "turn-1", 10_000)
     assert hot.delete("t1") is True
-    assert redis_client.dbsize() == 0
+    tomb = hot.keys("t1").tomb.encode()
+    assert set(redis_client.scan_iter("*")) == {tomb}  # the tombstone, which expires
+    assert redis_client.pttl(tomb) > 0
     assert hot.delete("t1") is False
     with pytest.raises(ThreadNotFound):
         hot.load("t1")

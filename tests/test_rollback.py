@@ -67,9 +67,7 @@ def rollback(tmp_path: Path) -> Iterator[RollbackRedis]:
 
 
 @pytest.fixture(params=["s3", "file"])
-def cold_store(
-    request: pytest.FixtureRequest, tmp_path: Path, s3_server: MotoServer
-) -> ColdStore:
+def cold_store(request: pytest.FixtureRequest, tmp_path: Path, s3_server: MotoServer) -> ColdStore:
     if request.param == "file":
         return FileColdStore(tmp_path / "cold")
     client = s3_client_for(s3_server.url)

@@ -159,7 +159,7 @@ def test_deletes_racing_hydrates_and_appends_never_bring_a_thread_back(
         archived_thread(Threads(HotStore(redis_client), cold), tid, n=2)
         start = threading.Barrier(3)
 
-        def hydrator(tid: str = tid) -> None:
+        def hydrator(tid: str = tid, start: threading.Barrier = start) -> None:
             client = redis_server.client()
             try:
                 start.wait()
@@ -170,7 +170,7 @@ def test_deletes_racing_hydrates_and_appends_never_bring_a_thread_back(
             finally:
                 client.close()
 
-        def deleter(tid: str = tid) -> None:
+        def deleter(tid: str = tid, start: threading.Barrier = start) -> None:
             client = redis_server.client()
             try:
                 start.wait()

@@ -60,9 +60,9 @@ local function fork_finish(ttl, source, up_to, epoch, state, length)
   if state and state ~= '' then
     redis.call('SET', K_STATE, state)
   end
-  local now = now_ms()
+  local now = created_ms()
   redis.call('HSET', K_META, 'created', now, 'updated', now, 'version', 1,
-    'parent', source, 'fork_point', up_to, 'epoch', epoch)
+    'parent', source, 'fork_point', up_to, 'epoch', epoch, 'head', stamp(1))
   touch(ttl)
   return {'ok', 1, length, 1}
 end

@@ -6,13 +6,15 @@
 --   ids (HASH message id -> position, -1 = retired; the dedup ledger),
 --   state (STRING, JSON), lease (STRING owner, PX expiry),
 --   archived (HASH version/etag/epoch of the cold archive; only while evicted),
---   turns (HASH lease owner -> finished ms: turns that ended and may not run again).
+--   turns (HASH lease owner -> finished ms: turns that ended and may not run again),
+--   tomb (STRING ms of the last delete or prune: incarnations created up to then are
+--   never restored again).
 -- Scripts that need more keys take them after these (KEYS[N_DATA + 1], ...).
 -- Every script validates and reads first and writes last, so a refusal or an
 -- error leaves nothing half-written.
 local K_META, K_MSGS, K_IDS, K_STATE, K_LEASE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local K_ARCHIVED, K_TURNS = KEYS[6], KEYS[7]
-local N_DATA = 7
+local K_ARCHIVED, K_TURNS, K_TOMB = KEYS[6], KEYS[7], KEYS[8]
+local N_DATA = 8
 local CHUNK = 500 -- values per variadic command; well under Lua's unpack limit
 
 local function now_ms()
@@ -20,21 +22,48 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Refresh the expiry of every data key of the thread; the lease keeps its own.
+-- The expiry of every data key of the thread; the lease keeps its own. ttl_ms > 0:
+-- refresh it (a hot tier without a cold tier: the TTL is the retention). ttl_ms < 0:
+-- a cold tier archives this store, so the TTL (-ttl_ms) runs only while the hot copy
+-- equals its archive; a thread ahead of its archive never expires. 0: never expire.
 local function touch(ttl_ms)
+  local keys = {K_META, K_MSGS, K_IDS, K_STATE, K_TURNS}
+  if ttl_ms < 0 then
+    local v = redis.call('HMGET', K_META, 'version', 'cold_version')
+    if v[1] ~= v[2] then
+      for _, key in ipairs(keys) do
+        redis.call('PERSIST', key)
+      end
+      return
+    end
+    ttl_ms = -ttl_ms
+  end
   if ttl_ms > 0 then
-    redis.call('PEXPIRE', K_META, ttl_ms)
-    redis.call('PEXPIRE', K_MSGS, ttl_ms)
-    redis.call('PEXPIRE', K_IDS, ttl_ms)
-    redis.call('PEXPIRE', K_STATE, ttl_ms)
-    redis.call('PEXPIRE', K_TURNS, ttl_ms)
+    for _, key in ipairs(keys) do
+      redis.call('PEXPIRE', key, ttl_ms)
+    end
   end
 end
 
--- Record one mutation: version + 1, updated = now. Returns the new version.
+-- A lineage stamp: unique per mutation of one history, so two copies that reached
+-- the same version by different writes (a Redis rollback, then new writes) differ.
+local function stamp(version)
+  local t = redis.call('TIME')
+  return version .. '.' .. t[1] .. t[2]
+end
+
+-- Record one mutation: version + 1, updated = now, a new lineage head. Returns the
+-- new version.
 local function bump()
-  redis.call('HSET', K_META, 'updated', now_ms())
-  return redis.call('HINCRBY', K_META, 'version', 1)
+  local version = redis.call('HINCRBY', K_META, 'version', 1)
+  redis.call('HSET', K_META, 'updated', now_ms(), 'head', stamp(version))
+  return version
+end
+
+-- The creation time of a new incarnation: after the last delete of this id, so a
+-- tombstone refuses only the incarnations it deleted.
+local function created_ms()
+  return math.max(now_ms(), tonumber(redis.call('GET', K_TOMB) or '0') + 1)
 end
 
 local function current_version()

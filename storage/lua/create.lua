@@ -11,9 +11,9 @@ end
 if redis.call('EXISTS', K_ARCHIVED) == 1 then
   return {'archived', redis.call('HGET', K_ARCHIVED, 'version')}
 end
-local now = now_ms()
+local now = created_ms()
 redis.call('HSET', K_META, 'created', now, 'updated', now, 'version', 1,
-  'epoch', ARGV[4], 'creator', ARGV[5])
+  'epoch', ARGV[4], 'creator', ARGV[5], 'head', stamp(1))
 if ARGV[2] == '1' then
   redis.call('SET', K_STATE, ARGV[3])
 end

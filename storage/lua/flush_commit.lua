@@ -7,7 +7,8 @@
 -- A released owner is recorded as a finished turn: a late duplicate of that turn's
 -- acquire_lease (a redelivered chain step) can then never take the lease again.
 -- ARGV: archived_version, etag, epoch, evict ('1'|'0'), release_owner ('' = none),
---   marker_ttl_ms (how long the 'archived' marker outlives the eviction)
+--   marker_ttl_ms (how long the 'archived' marker outlives the eviction), ttl_ms (the
+--   store's expiry argument: a kept copy that now equals its archive starts its TTL)
 -- A concurrent flush of the same incarnation may have evicted the thread while we
 -- uploaded (its upload lost the CAS to ours and adopted our archive): the archive
 -- marker then carries our epoch, and the thread is 'evicted', not 'gone' -- the
@@ -15,6 +16,7 @@
 -- Returns {'evicted', version}; {'kept', version, lease_holder_or_empty}; {'gone'}.
 local archived, etag, epoch = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local evict, release_owner, marker_ttl = ARGV[4], ARGV[5], tonumber(ARGV[6])
+local ttl = tonumber(ARGV[7])
 if redis.call('EXISTS', K_META) == 0 then
   if redis.call('HGET', K_ARCHIVED, 'epoch') == epoch then
     return {'evicted', tonumber(redis.call('HGET', K_ARCHIVED, 'version'))}
@@ -48,4 +50,5 @@ if evict == '1' and version == archived and recorded <= archived and holder == '
   redis.call('DEL', K_META, K_MSGS, K_IDS, K_STATE)
   return {'evicted', version}
 end
+touch(ttl)
 return {'kept', version, holder}

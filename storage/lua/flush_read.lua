@@ -4,6 +4,10 @@
 --   finished is recorded here, before the read, as a change of its own (version + 1),
 --   so the archive about to be uploaded carries it and a late duplicate of that turn
 --   finds it finished even after an eviction and a restore anywhere.
+-- A read that returns records is recorded as meta 'read:<version>' = lineage head: the
+--   hot copy passed through that state, so an archive made from it descends from this
+--   copy (Threads._upload tells a lost race from a diverged copy by it); records of
+--   versions older than the archive are dropped.
 -- Returns {'unchanged', meta_pairs} when version == cold_version (no upload needed);
 --   {'ok', meta_pairs, records, ledger_pairs, state_or_empty, finished_turns};
 --   {'not_found'}.
@@ -23,6 +27,13 @@ end
 if ARGV[1] ~= '1' and fields['cold_version'] == fields['version'] then
   return {'unchanged', meta}
 end
+local archived = tonumber(fields['cold_version'] or '-1')
+for name, _ in pairs(fields) do
+  if string.sub(name, 1, 5) == 'read:' and tonumber(string.sub(name, 6)) < archived then
+    redis.call('HDEL', K_META, name)
+  end
+end
+redis.call('HSET', K_META, 'read:' .. fields['version'], fields['head'] or '')
 return {
   'ok',
   meta,
