@@ -274,6 +274,13 @@ def _render_thread(console: Console, view: ops.ThreadView, last: int | None) -> 
         props.add_row("retired ids", f"{len(s.retired_ids)} (removed by replace_all)")
     if s.finished_turns:
         props.add_row("finished turns", ", ".join(s.finished_turns[-5:]))
+    if s.last_merge:
+        m = s.last_merge
+        props.add_row(
+            "last merge",
+            f"hot v{m.get('hot_version')} had diverged from archive v{m.get('archive_version')}: "
+            f"{m.get('recovered')} archived messages recovered, {m.get('kept')} hot ones kept",
+        )
     console.print(props)
 
     messages = view.messages
@@ -456,7 +463,8 @@ def _progress(label: str, total: int) -> Iterator[Callable[[ops.Outcome], None]]
 def _summarize(verb: str, report: ops.BulkReport, statuses: Sequence[str]) -> None:
     counts = report.counts
     total = len(report.outcomes)
-    parts = [f"{counts.get(s, 0)} {s}" for s in (*statuses, "failed")]
+    rare = [s for s in counts if s not in (*statuses, "failed")]  # e.g. "merged"
+    parts = [f"{counts.get(s, 0)} {s}" for s in (*statuses, *rare, "failed")]
     line = f"{verb}: {total} thread{'' if total == 1 else 's'}: " + ", ".join(parts)
     if verb == "flush":
         evicted = sum(1 for o in report.outcomes if o.evicted)
