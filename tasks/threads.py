@@ -79,9 +79,7 @@ def fork(self: ThreadTask, source_id: str, thread_id: str, up_to_id: str | None 
 
 
 @thread_task("threads.truncate")
-def truncate(
-    self: ThreadTask, thread_id: str, message_id: str, owner: str | None = None
-) -> JSON:
+def truncate(self: ThreadTask, thread_id: str, message_id: str, owner: str | None = None) -> JSON:
     """With ``owner``, a truncate that would cut something needs that owner's lease."""
     result = self.threads.truncate_from(thread_id, message_id, owner=owner)
     return {"thread_id": thread_id, **to_json(result)}

@@ -69,7 +69,9 @@ class AppendLandsBeforeWrites(HotStore):
     system prompt runs, another writer's append lands (as it may between any two
     calls of a multi-step write)."""
 
-    late: list[dict[str, Any]] = []
+    def __init__(self, client: redis.Redis) -> None:
+        super().__init__(client)
+        self.late: list[dict[str, Any]] = []
 
     def _call(self, name: str, keys: list[str], args: Iterable[Any] = ()) -> Any:
         if name in ("replace", "put_record") and self.late:

@@ -126,7 +126,11 @@ def test_truncate_checks_its_owner_and_replace_its_expected_version(
     )
     fails_with(stale.apply_async(), VersionConflict, "not the expected")
     replaced = run(
-        app, "threads.replace", thread_id="t1", messages=[msg("s"), msg("m2")], expected_version=version
+        app,
+        "threads.replace",
+        thread_id="t1",
+        messages=[msg("s"), msg("m2")],
+        expected_version=version,
     )
     assert replaced["changed"] is True
     store.acquire_lease("t1", "turn-2", 60_000)

@@ -286,8 +286,10 @@ class FlushBeforeFork(HotStore):
     """The real HotStore; right before its next fork, ``flusher`` flushes the source,
     as a concurrent ``flush_idle`` may between ``open``'s hydrate and its fork."""
 
-    flusher: Threads | None = None
-    flushed: list[bool] = []
+    def __init__(self, client: redis.Redis) -> None:
+        super().__init__(client)
+        self.flusher: Threads | None = None
+        self.flushed: list[bool] = []
 
     def fork(self, source_id: str, dest_id: str, *args: Any, **kwargs: Any) -> Any:
         if self.flusher is not None:
