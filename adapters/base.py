@@ -127,14 +127,10 @@ class Adapter(ABC):
 
     def set_system(self, thread_id: str, text: str) -> None:
         """Set the system prompt (record id "system", always first). Idempotent, and
-        it never wipes the thread: other messages are kept as they are."""
-        records = self.threads.load(thread_id)
-        body = self.text_body("system", text)
-        current = next((r for r in records if r["id"] == SYSTEM_ID), None)
-        if current is not None and current["body"] == body and records[0]["id"] == SYSTEM_ID:
-            return
-        others = [r for r in records if r["id"] != SYSTEM_ID]
-        self.threads.replace_all(thread_id, [{"id": SYSTEM_ID, "body": body}, *others])
+        it never wipes the thread: other messages are kept as they are. One script
+        (``put_record``), so an append racing it is never dropped."""
+        record = {"id": SYSTEM_ID, "body": self.text_body("system", text)}
+        self.threads.put_record(thread_id, record, first=True)
 
     def messages(self, thread_id: str) -> list[Any]:
         """The thread as SDK messages."""
@@ -149,11 +145,12 @@ class Adapter(ABC):
         transform: Callable[[list[Message]], list[Message]] | None = None,
     ) -> str:
         """Fork a thread; ``transform`` may map or filter the copied records (e.g.
-        ``adapter.drop_dangling_tool_calls``). Idempotent like ``Threads.open``."""
-        status = self.threads.open(thread_id, "fork", source=source_id, up_to_id=up_to_id)
-        if transform is not None and status == "forked":
-            self.threads.replace_all(thread_id, transform(self.threads.load(thread_id)))
-        return status
+        ``adapter.drop_dangling_tool_calls``). Idempotent like ``Threads.open``; the
+        transform is applied before the fork is written, so a failed one leaves no
+        fork and a retry transforms again."""
+        return self.threads.open(
+            thread_id, "fork", source=source_id, up_to_id=up_to_id, transform=transform
+        )
 
     # -- tool-call integrity --------------------------------------------------------
 
@@ -219,7 +216,8 @@ class Adapter(ABC):
         ``call_model(request)`` returns the SDK's assistant message. If the turn's
         reply is already stored (a redelivered or retried task), it is returned
         without calling the model; ``rewind=True`` instead drops it (and anything
-        after it) and calls again.
+        after it) and calls again, only while the turn holds the lease
+        (``LeaseLost`` otherwise, with nothing cut).
         """
         rid = reply_id(turn_id)
         records = self.threads.load(thread_id)
@@ -227,7 +225,7 @@ class Adapter(ABC):
         if stored is not None and not rewind:
             return stored["body"]
         if stored is not None:
-            self.threads.truncate_from(thread_id, rid)
+            self.threads.truncate_from(thread_id, rid, owner=turn_id)
         request = self.prepare(thread_id, **options)
         body = self.to_body(call_model(request))
         self.threads.append(thread_id, [{"id": rid, "body": body}], owner=turn_id)

@@ -15,6 +15,7 @@ from storage.errors import (
     SnapshotCorrupt,
     ThreadExists,
     ThreadNotFound,
+    VersionConflict,
 )
 from storage.hot import HotStore
 from storage.keys import KeyLayout, ThreadKeys, validate_message_id, validate_thread_id
@@ -53,6 +54,7 @@ __all__ = [
     "ThreadKeys",
     "ThreadNotFound",
     "TruncateResult",
+    "VersionConflict",
     "WriteResult",
     "validate_message_id",
     "validate_thread_id",

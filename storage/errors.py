@@ -85,6 +85,24 @@ class LeaseLost(AgentThreadsError):
         )
 
 
+class VersionConflict(AgentThreadsError):
+    """A conditional write (``expected_version``) found the thread at another version:
+    something changed it since the caller read it; nothing was written."""
+
+    def __init__(self, thread_id: str, expected: int, actual: int) -> None:
+        super().__init__(thread_id, expected, actual)
+        self.thread_id = thread_id
+        self.expected = expected
+        self.actual = actual
+
+    def __str__(self) -> str:
+        return (
+            f"thread {self.thread_id!r} is at version {self.actual}, not the expected "
+            f"{self.expected}: it changed since it was read; nothing was written; "
+            "read it again and redo the change"
+        )
+
+
 class SnapshotCorrupt(AgentThreadsError):
     """A cold snapshot failed validation; nothing was applied from it."""
 

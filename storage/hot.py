@@ -1,6 +1,6 @@
 """HotStore: the Redis hot tier. Every mutation is exactly one Lua script call
 (range reads are one MULTI/EXEC transaction, see ``load``; a fork between two
-Redis Cluster slots is one script per slot, see ``_fork_across_slots``).
+Redis Cluster slots is one script per slot, see ``_fork_by_copy``).
 
 Each public method validates its input in Python (raising a typed error before
 any I/O), makes one script call, and turns the script's reply into a typed
@@ -36,6 +36,7 @@ from storage.errors import (
     LeaseLost,
     ThreadExists,
     ThreadNotFound,
+    VersionConflict,
 )
 from storage.keys import KeyLayout, ThreadKeys, validate_message_id, validate_thread_id
 from storage.limits import DEFAULT_LIMITS, Limits
@@ -44,6 +45,7 @@ from storage.records import (
     decode_records,
     decode_state,
     encode_batch,
+    encode_message,
     encode_state,
 )
 from storage.results import (
@@ -60,6 +62,8 @@ from storage.results import (
 from storage.snapshot import Snapshot, decode_last_merge
 
 RedisClient: TypeAlias = "redis.Redis | redis.RedisCluster"
+ForkTransform: TypeAlias = Callable[[list[Message]], Iterable[Mapping[str, Any]]]
+"""Maps the records a fork copies to the records the fork gets (pure: it may run again)."""
 
 DEFAULT_TTL_SECONDS = 90 * 24 * 3600
 STAGING_TTL_MS = 10 * 60 * 1000
@@ -79,6 +83,7 @@ _SCRIPT_NAMES = (
     "fork_write",
     "truncate",
     "replace",
+    "put_record",
     "save_state",
     "load_state",
     "delete",
@@ -143,6 +148,15 @@ def _ledger_order(thread_id: str, length: int, flat: list[Any]) -> tuple[list[st
     if len(ordered) != length:
         raise RuntimeError(f"ledger of thread {thread_id!r} does not cover its list")
     return ordered, sorted(retired)
+
+
+def _expected(version: int | None) -> str:
+    """``expected_version`` as a script argument ('' = no check)."""
+    if version is None:
+        return ""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise ValueError(f"expected_version must be an int >= 0 or None, got {version!r}")
+    return str(version)
 
 
 def _spans(records: Sequence[str | bytes], chunk_size: int) -> list[tuple[int, int]]:
@@ -393,6 +407,7 @@ class HotStore:
         up_to_id: str | None = None,
         *,
         chunk_size: int = CHUNK_RECORDS,
+        transform: ForkTransform | None = None,
     ) -> ForkResult:
         """Copy ``source_id`` (up to and including ``up_to_id``) into a new thread.
 
@@ -400,8 +415,11 @@ class HotStore:
         recorded. Repeating the same fork returns the existing copy
         (``created=False``); a destination with other content raises
         ``ThreadExists``. On Redis Cluster, threads in different slots take one
-        script per slot (see ``_fork_across_slots``), with the same results;
+        script per slot (see ``_fork_by_copy``), with the same results;
         ``chunk_size`` bounds the records one call of that path writes.
+        ``transform`` maps the copied records before anything is written (that
+        path too), so the fork exists transformed or not at all; ids it drops stay
+        retired in the fork's ledger.
         """
         src = self.keys(source_id)
         dst = self.keys(dest_id)
@@ -410,11 +428,11 @@ class HotStore:
         point = "" if up_to_id is None else validate_message_id(up_to_id, self.limits)
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
-        if self._one_slot(src, dst):
+        if transform is None and self._one_slot(src, dst):
             args = [self._ttl_ms, source_id, point, new_epoch()]
             reply = self._call("fork", dst.data + src.data, args)
         else:
-            reply = self._fork_across_slots(source_id, src, dst, point, chunk_size)
+            reply = self._fork_by_copy(source_id, src, dst, point, chunk_size, transform)
         status = _text(reply[0])
         if status == "archived":
             raise ThreadExists(dest_id, "it is archived in the cold tier; hydrate it first")
@@ -440,15 +458,22 @@ class HotStore:
             return True
         return key_slot(first.meta.encode()) == key_slot(second.meta.encode())
 
-    def _fork_across_slots(
-        self, source_id: str, src: ThreadKeys, dst: ThreadKeys, point: str, chunk_size: int
+    def _fork_by_copy(
+        self,
+        source_id: str,
+        src: ThreadKeys,
+        dst: ThreadKeys,
+        point: str,
+        chunk_size: int,
+        transform: ForkTransform | None,
     ) -> list[Any]:
-        """A fork between two Redis Cluster slots, as one script per slot; returns a
-        reply shaped like fork.lua's.
+        """A fork as one script per thread (across Redis Cluster slots, or with a
+        transform); returns a reply shaped like fork.lua's.
 
         fork_read.lua reads the source consistently (records up to the cut, their
-        ledger entries, retired ids, state); fork_write.lua applies the
-        destination rules of fork.lua (shared in _fork.lua) and writes. A source
+        ledger entries, retired ids, state); ``transform`` maps the records;
+        fork_write.lua applies the destination rules of fork.lua (shared in
+        _fork.lua) and writes. A source
         write that lands between the two is not part of the fork, as if it came
         after a single-script fork. A large fork is staged in chunks under the
         destination's staging keys and swapped in by fork_write.lua, so no reader
@@ -459,6 +484,8 @@ class HotStore:
             return list(read)
         _, records, ledger, state = read
         ids, retired = _ledger_order(source_id, len(records), ledger)
+        if transform is not None:
+            ids, records, retired = self._transformed(ids, records, retired, transform)
         staging = dst.staging(uuid.uuid4().hex)
         header = [self._ttl_ms, source_id, point, new_epoch()]
         spans = _spans(records, chunk_size)
@@ -473,33 +500,112 @@ class HotStore:
         finally:
             self._discard(staging)
 
-    def truncate_from(self, thread_id: str, message_id: str) -> TruncateResult:
+    def _transformed(
+        self,
+        ids: list[str],
+        records: list[Any],
+        retired: list[str],
+        transform: ForkTransform,
+    ) -> tuple[list[str], list[bytes], list[str]]:
+        """The fork's ids, records and retired ids after ``transform``: ids it drops
+        join the retired ones, so a late redelivery cannot bring them into the fork."""
+        batch = encode_batch(
+            transform(decode_records(records)), self.limits, unique=True, whole_thread=True
+        )
+        kept = [m.id for m in batch]
+        dropped = (set(ids) | set(retired)) - set(kept)
+        return kept, [m.record for m in batch], sorted(dropped)
+
+    def truncate_from(
+        self, thread_id: str, message_id: str, *, owner: str | None = None
+    ) -> TruncateResult:
         """Drop ``message_id`` and everything after it; their ids may be appended again.
 
-        An id not in the thread (e.g. a repeated call) changes nothing.
+        An id not in the thread (e.g. a repeated call) changes nothing. With
+        ``owner``, a truncate that would remove something is refused with
+        ``LeaseLost`` (nothing written) unless that owner holds the lease.
         """
         keys = self.keys(thread_id)
         mid = validate_message_id(message_id, self.limits)
-        reply = self._checked(thread_id, self._call("truncate", keys.data, [self._ttl_ms, mid]))
-        _, removed, length, version = reply
+        if owner is not None:
+            validate_message_id(owner, self.limits, what="lease owner")
+        reply = self._call("truncate", keys.data, [self._ttl_ms, mid, owner or ""])
+        if _text(reply[0]) == "lease_lost":
+            raise LeaseLost(thread_id, owner or "", _text(reply[1]) or None)
+        _, removed, length, version = self._checked(thread_id, reply)
         return TruncateResult(
             removed_ids=tuple(_text(i) for i in removed), length=int(length), version=int(version)
         )
 
-    def replace_all(self, thread_id: str, messages: Iterable[Mapping[str, Any]]) -> WriteResult:
-        """Atomically replace the whole list (compaction or edits).
+    def replace_all(
+        self,
+        thread_id: str,
+        messages: Iterable[Mapping[str, Any]],
+        *,
+        expected_version: int | None = None,
+        chunk_size: int = CHUNK_RECORDS,
+    ) -> WriteResult:
+        """Atomically replace the whole list (compaction or edits), of any length.
 
         Ids that leave the list stay known to the ledger, so a late redelivery
-        of an old append cannot bring them back. Ids must be unique.
+        of an old append cannot bring them back. Ids must be unique. With
+        ``expected_version`` (the version the caller read), a thread changed since
+        then raises ``VersionConflict`` and nothing is written. Lists over
+        ``chunk_size`` records (or ``CHUNK_BYTES``) are staged in chunks and
+        swapped in by the replace script, like a large restore.
         """
         keys = self.keys(thread_id)
-        batch = encode_batch(messages, self.limits, unique=True)
-        args: list[Any] = [self._ttl_ms]
-        for item in batch:
-            args += [item.id, item.record]
-        _, changed, length, version = self._checked(
-            thread_id, self._call("replace", keys.data, args)
-        )
+        batch = encode_batch(messages, self.limits, unique=True, whole_thread=True)
+        expected = _expected(expected_version)
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be >= 1")
+        ids, records = [m.id for m in batch], [m.record for m in batch]
+        staging = keys.staging(uuid.uuid4().hex)
+        spans = _spans(records, chunk_size)
+        header = [self._ttl_ms, expected, "inline" if len(spans) == 1 else "staged", len(batch)]
+        if len(spans) == 1:
+            reply = self._call("replace", keys.data + staging, [*header, *ids, *records])
+            return self._written(thread_id, expected_version, reply)
+        try:
+            if not self._stage(keys, staging, ids, records, (), spans):
+                reply = ["incomplete"]
+            else:
+                reply = self._call("replace", keys.data + staging, header)
+        finally:
+            self._discard(staging)
+        return self._written(thread_id, expected_version, reply)
+
+    def put_record(
+        self,
+        thread_id: str,
+        record: Mapping[str, Any],
+        *,
+        first: bool = False,
+        expected_version: int | None = None,
+    ) -> WriteResult:
+        """Set the record with ``record["id"]`` in one script: replace it in place if
+        the thread has it (``first``: and move it to the front), else insert it
+        (``first``: at the front, else at the end). An identical record changes
+        nothing. A retired id is inserted again (an explicit write, not a late
+        redelivery). ``expected_version`` as in ``replace_all``.
+        """
+        keys = self.keys(thread_id)
+        item = encode_message(record, self.limits)
+        expected = _expected(expected_version)
+        args = [self._ttl_ms, expected, "1" if first else "0", item.id, item.record]
+        return self._written(thread_id, expected_version, self._call("put_record", keys.data, args))
+
+    def _written(self, thread_id: str, expected: int | None, reply: Any) -> WriteResult:
+        """The ``WriteResult`` of a replace or put_record reply, or its typed error."""
+        status = _text(reply[0])
+        if status == "conflict":
+            raise VersionConflict(thread_id, expected or 0, int(reply[1]))
+        if status == "incomplete":
+            raise HotStoreUnavailable(
+                f"the staged list of thread {thread_id!r} expired before the swap; "
+                "nothing was written, retry the replace"
+            )
+        _, changed, length, version = self._checked(thread_id, reply)
         return WriteResult(changed=bool(changed), length=int(length), version=int(version))
 
     # -- state -------------------------------------------------------------

@@ -131,13 +131,19 @@ def encode_message(message: object, limits: Limits = DEFAULT_LIMITS) -> EncodedM
 
 
 def encode_batch(
-    messages: Iterable[object], limits: Limits = DEFAULT_LIMITS, *, unique: bool = False
+    messages: Iterable[object],
+    limits: Limits = DEFAULT_LIMITS,
+    *,
+    unique: bool = False,
+    whole_thread: bool = False,
 ) -> list[EncodedMessage]:
-    """Validate and encode a batch; all-or-nothing. ``unique`` refuses repeated ids."""
+    """Validate and encode a batch; all-or-nothing. ``unique`` refuses repeated ids.
+    ``whole_thread``: the batch is a thread's whole list (replace_all, a transformed
+    fork), which the caller writes in chunks, so ``limits.max_batch`` does not apply."""
     if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Iterable):
         raise InvalidMessage("messages must be a list of {id, body} mappings")
     batch = list(messages)
-    if len(batch) > limits.max_batch:
+    if len(batch) > limits.max_batch and not whole_thread:
         raise InvalidMessage(
             f"batch of {len(batch)} messages is over the limit of {limits.max_batch}; split it"
         )

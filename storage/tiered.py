@@ -40,12 +40,13 @@ from storage.errors import (
     ThreadExists,
     ThreadNotFound,
 )
-from storage.hot import HotStore
+from storage.hot import ForkTransform, HotStore
 from storage.lineage import merge
 from storage.records import Message
 from storage.results import (
     AppendResult,
     FlushResult,
+    ForkResult,
     HydrateResult,
     IdleFlushReport,
     Lease,
@@ -294,6 +295,7 @@ class Threads:
         up_to_id: str | None = None,
         state: Mapping[str, Any] | None = None,
         owner: str | None = None,
+        transform: ForkTransform | None = None,
     ) -> str:
         """Make ``thread_id`` ready for a turn; returns what happened.
 
@@ -302,6 +304,8 @@ class Threads:
         * "continue": hydrate it -> "hot" | "restored"; ``ThreadNotFound`` if absent.
         * "fork": hydrate ``source`` and fork it (up to ``up_to_id``) -> "forked";
           an existing fork of that source -> "existing"; other content -> ``ThreadExists``.
+          ``transform`` maps the copied records before the fork is written (see
+          ``HotStore.fork``), so a failed transform leaves no fork behind.
         """
         if mode == "new":
             status = self._open_new(thread_id, state, owner)
@@ -320,12 +324,22 @@ class Threads:
                 if info.parent == source and info.fork_point == up_to_id:
                     return "existing"
                 raise ThreadExists(thread_id, "it is not a fork of that source at that point")
-            if self.hydrate(source).status == "absent":
-                raise ThreadNotFound(source, "the fork source exists in no tier")
-            self.hot.fork(source, thread_id, up_to_id)
+            created = self._fork(source, thread_id, up_to_id, transform).created
             self.hot.mark_active(thread_id)
-            return "forked"
+            return "forked" if created else "existing"
         raise ValueError(f"unknown open mode {mode!r}: use 'new', 'continue' or 'fork'")
+
+    def _fork(
+        self, source: str, thread_id: str, up_to_id: str | None, transform: ForkTransform | None
+    ) -> ForkResult:
+        """Fork a source that a concurrent flush may evict at any moment: it is
+        hydrated pinned (``write_pin_ms``), and if it was hot and is evicted before
+        the fork reads it, hydrated again and the fork retried (``_hot``)."""
+        if self.hydrate(source, pin_ms=self.write_pin_ms).status == "absent":
+            raise ThreadNotFound(source, "the fork source exists in no tier")
+        return self._hot(
+            source, lambda: self.hot.fork(source, thread_id, up_to_id, transform=transform)
+        )
 
     def _open_new(self, thread_id: str, state: Mapping[str, Any] | None, owner: str | None) -> str:
         def redelivered() -> bool:
@@ -374,14 +388,48 @@ class Threads:
         self.hot.mark_active(thread_id)
         return result
 
-    def truncate_from(self, thread_id: str, message_id: str) -> TruncateResult:
-        result = self._hot(thread_id, lambda: self.hot.truncate_from(thread_id, message_id))
+    def truncate_from(
+        self, thread_id: str, message_id: str, *, owner: str | None = None
+    ) -> TruncateResult:
+        """``HotStore.truncate_from``; with ``owner``, only while it holds the lease."""
+        result = self._hot(
+            thread_id, lambda: self.hot.truncate_from(thread_id, message_id, owner=owner)
+        )
         self.hot.mark_active(thread_id)
         return result
 
-    def replace_all(self, thread_id: str, messages: Iterable[Mapping[str, Any]]) -> WriteResult:
+    def replace_all(
+        self,
+        thread_id: str,
+        messages: Iterable[Mapping[str, Any]],
+        *,
+        expected_version: int | None = None,
+    ) -> WriteResult:
+        """``HotStore.replace_all``: any length; ``VersionConflict`` if the thread is no
+        longer at ``expected_version``."""
         batch = list(messages)
-        result = self._hot(thread_id, lambda: self.hot.replace_all(thread_id, batch))
+        result = self._hot(
+            thread_id,
+            lambda: self.hot.replace_all(thread_id, batch, expected_version=expected_version),
+        )
+        self.hot.mark_active(thread_id)
+        return result
+
+    def put_record(
+        self,
+        thread_id: str,
+        record: Mapping[str, Any],
+        *,
+        first: bool = False,
+        expected_version: int | None = None,
+    ) -> WriteResult:
+        """``HotStore.put_record`` (set one record by id, e.g. the system prompt)."""
+        result = self._hot(
+            thread_id,
+            lambda: self.hot.put_record(
+                thread_id, record, first=first, expected_version=expected_version
+            ),
+        )
         self.hot.mark_active(thread_id)
         return result
 

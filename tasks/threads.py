@@ -79,13 +79,22 @@ def fork(self: ThreadTask, source_id: str, thread_id: str, up_to_id: str | None 
 
 
 @thread_task("threads.truncate")
-def truncate(self: ThreadTask, thread_id: str, message_id: str) -> JSON:
-    return {"thread_id": thread_id, **to_json(self.threads.truncate_from(thread_id, message_id))}
+def truncate(self: ThreadTask, thread_id: str, message_id: str, owner: str | None = None) -> JSON:
+    """With ``owner``, a truncate that would cut something needs that owner's lease."""
+    result = self.threads.truncate_from(thread_id, message_id, owner=owner)
+    return {"thread_id": thread_id, **to_json(result)}
 
 
 @thread_task("threads.replace")
-def replace(self: ThreadTask, thread_id: str, messages: list[dict[str, Any]]) -> JSON:
-    return {"thread_id": thread_id, **to_json(self.threads.replace_all(thread_id, messages))}
+def replace(
+    self: ThreadTask,
+    thread_id: str,
+    messages: list[dict[str, Any]],
+    expected_version: int | None = None,
+) -> JSON:
+    """Any length; with ``expected_version``, ``VersionConflict`` if the thread changed."""
+    result = self.threads.replace_all(thread_id, messages, expected_version=expected_version)
+    return {"thread_id": thread_id, **to_json(result)}
 
 
 @thread_task("threads.hydrate")

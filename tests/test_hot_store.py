@@ -14,7 +14,9 @@ from storage import (
     LeaseLost,
     ThreadExists,
     ThreadNotFound,
+    VersionConflict,
 )
+from storage.records import Message
 from tests.conftest import msg, redis_contents
 
 
@@ -278,6 +280,56 @@ def test_fork_keeps_retired_ids_retired(hot: HotStore) -> None:
     assert hot.append("dst", [msg("old")]).skipped_ids == ("old",)
 
 
+def test_fork_with_transform_writes_the_transformed_records_and_retires_dropped_ids(
+    hot: HotStore,
+) -> None:
+    hot.create("src", state={"k": "v"})
+    hot.append("src", [msg("old"), msg("m1")])
+    hot.replace_all("src", [msg("m1"), msg("m2"), msg("m3"), msg("m4")])  # "old" retired
+
+    def keep_odd(records: list[Message]) -> list[Message]:
+        return [{"id": r["id"], "body": "kept"} for r in records if r["id"] in ("m1", "m3")]
+
+    result = hot.fork("src", "dst", up_to_id="m3", transform=keep_odd)
+    assert (result.created, result.length, result.version) == (True, 2, 1)
+    assert hot.load("dst") == [{"id": "m1", "body": "kept"}, {"id": "m3", "body": "kept"}]
+    assert hot.load_state("dst") == {"k": "v"}
+    info = hot.info("dst")
+    assert (info.parent, info.fork_point) == ("src", "m3")
+    # dropped ids stay retired in the fork; ids after the fork point are free
+    appended = hot.append("dst", [msg("old"), msg("m2"), msg("m4")])
+    assert appended.appended_ids == ("m4",)
+    assert hot.fork("src", "dst", up_to_id="m3", transform=keep_odd).created is False
+    assert hot.load("src") == [msg("m1"), msg("m2"), msg("m3"), msg("m4")]
+
+
+def test_fork_with_a_failing_or_invalid_transform_writes_nothing(
+    hot: HotStore, redis_client: redis.Redis
+) -> None:
+    hot.create("src")
+    hot.append("src", [msg("m1")])
+    before = redis_contents(redis_client)
+
+    def broken(records: list[Message]) -> list[Message]:
+        raise RuntimeError("transform failed")
+
+    with pytest.raises(RuntimeError, match="transform failed"):
+        hot.fork("src", "dst", transform=broken)
+    with pytest.raises(InvalidMessage):
+        hot.fork("src", "dst", transform=lambda records: [*records, *records])
+    assert redis_contents(redis_client) == before
+
+
+def test_fork_with_transform_staged_in_chunks(hot: HotStore, redis_client: redis.Redis) -> None:
+    hot.create("src")
+    hot.append("src", [msg(f"m{i}") for i in range(9)])
+    result = hot.fork("src", "dst", transform=lambda rs: rs[::2], chunk_size=2)
+    assert (result.created, result.length) == (True, 5)
+    assert ids_of(hot.load("dst")) == ["m0", "m2", "m4", "m6", "m8"]
+    assert hot.append("dst", [msg("m1"), msg("m9")]).appended_ids == ("m9",)
+    assert redis_client.keys("*staging*") == []
+
+
 # -- truncate_from -------------------------------------------------------------
 
 
@@ -316,6 +368,21 @@ def test_truncate_from_unknown_thread_raises(hot: HotStore) -> None:
         hot.truncate_from("nope", "m1")
 
 
+def test_truncate_from_with_owner_requires_that_lease_and_writes_nothing(
+    hot: HotStore, redis_client: redis.Redis
+) -> None:
+    hot.create("t1")
+    hot.append("t1", [msg("m1"), msg("m2")])
+    hot.acquire_lease("t1", "turn-2", 10_000)
+    before = redis_contents(redis_client)
+    with pytest.raises(LeaseLost, match="turn-2"):
+        hot.truncate_from("t1", "m2", owner="turn-1")
+    assert redis_contents(redis_client) == before
+    # a repeated rewind whose id is already gone writes nothing, so needs no lease
+    assert hot.truncate_from("t1", "gone", owner="turn-1").removed_ids == ()
+    assert hot.truncate_from("t1", "m2", owner="turn-2").removed_ids == ("m2",)
+
+
 # -- replace_all -------------------------------------------------------------------
 
 
@@ -352,6 +419,138 @@ def test_replace_all_unknown_thread_raises(hot: HotStore, redis_client: redis.Re
     with pytest.raises(ThreadNotFound):
         hot.replace_all("nope", [msg("m1")])
     assert redis_client.dbsize() == 0
+    with pytest.raises(ThreadNotFound):
+        hot.replace_all("nope", [msg(f"m{i}") for i in range(5)], chunk_size=2)
+    assert redis_client.dbsize() == 0
+
+
+def test_replace_all_takes_any_length_beyond_the_batch_limit(
+    hot: HotStore, redis_client: redis.Redis
+) -> None:
+    hot.create("t1")
+    hot.append("t1", [msg("old")])
+    size = hot.limits.max_batch + 501
+    result = hot.replace_all("t1", [msg(f"m{i:05d}") for i in range(size)])
+    assert (result.changed, result.length) == (True, size)
+    assert ids_of(hot.tail("t1", 1)) == [f"m{size - 1:05d}"]
+    assert hot.append("t1", [msg("old"), msg("m00007"), msg("new")]).appended_ids == ("new",)
+
+
+def test_replace_all_staged_in_chunks_swaps_in_at_once_and_keeps_retired_ids(
+    hot: HotStore, redis_client: redis.Redis
+) -> None:
+    hot.create("t1")
+    hot.append("t1", [msg("old-1"), msg("keep"), msg("old-2")])
+    target = [msg("keep"), *(msg(f"m{i}") for i in range(6))]
+    result = hot.replace_all("t1", target, chunk_size=3)  # 3 + 3 + 1 records, one swap
+    assert (result.changed, result.length) == (True, 7)
+    assert hot.load("t1") == target
+    assert redis_client.keys("*staging*") == []
+    assert hot.append("t1", [msg("old-1"), msg("old-2"), msg("m5"), msg("m6")]).appended_ids == (
+        "m6",
+    )
+    assert hot.truncate_from("t1", "m5").removed_ids == ("m5", "m6")
+    version = hot.version("t1")
+    same = hot.replace_all("t1", hot.load("t1"), chunk_size=3)
+    assert (same.changed, same.version) == (False, version)
+    assert redis_client.keys("*staging*") == []
+
+
+@pytest.mark.parametrize("chunk_size", [2000, 2])
+def test_replace_all_with_a_stale_expected_version_raises_and_writes_nothing(
+    hot: HotStore, redis_client: redis.Redis, chunk_size: int
+) -> None:
+    hot.create("t1")
+    hot.append("t1", [msg("m1"), msg("m2")])
+    read_at = hot.version("t1")
+    hot.append("t1", [msg("m3")])  # the write that raced the compaction
+    before = redis_contents(redis_client)
+    with pytest.raises(VersionConflict) as conflict:
+        hot.replace_all(
+            "t1", [msg("summary"), msg("m2")], expected_version=read_at, chunk_size=chunk_size
+        )
+    assert (conflict.value.expected, conflict.value.actual) == (read_at, read_at + 1)
+    assert type(conflict.value)(*conflict.value.args).args == conflict.value.args
+    assert conflict.value.transient is False
+    assert redis_contents(redis_client) == before
+    result = hot.replace_all("t1", [msg("summary")], expected_version=read_at + 1)
+    assert (result.changed, result.version) == (True, read_at + 2)
+
+
+# -- put_record --------------------------------------------------------------------
+
+
+def test_put_record_replaces_in_place_inserts_last_or_first(hot: HotStore) -> None:
+    hot.create("t1")
+    hot.append("t1", [msg("m1"), msg("m2")])
+    assert hot.put_record("t1", msg("m1", "edited")).length == 2
+    assert hot.load("t1") == [msg("m1", "edited"), msg("m2")]
+    assert hot.put_record("t1", msg("m3")).length == 3
+    assert hot.put_record("t1", msg("sys"), first=True).length == 4
+    assert ids_of(hot.load("t1")) == ["sys", "m1", "m2", "m3"]
+    # the ledger follows the shift: dedup and truncate still find every record
+    assert hot.append("t1", [msg("m1"), msg("sys"), msg("m4")]).appended_ids == ("m4",)
+    assert hot.truncate_from("t1", "m2").removed_ids == ("m2", "m3", "m4")
+    assert ids_of(hot.load("t1")) == ["sys", "m1"]
+
+
+def test_put_record_first_moves_an_existing_record_to_the_front(hot: HotStore) -> None:
+    hot.create("t1")
+    hot.append("t1", [msg("m1"), msg("sys"), msg("m2")])
+    result = hot.put_record("t1", msg("sys", "new prompt"), first=True)
+    assert (result.changed, result.length) == (True, 3)
+    assert hot.load("t1") == [msg("sys", "new prompt"), msg("m1"), msg("m2")]
+    assert hot.truncate_from("t1", "m1").removed_ids == ("m1", "m2")
+    assert ids_of(hot.load("t1")) == ["sys"]
+
+
+def test_put_record_that_changes_nothing_keeps_the_version(hot: HotStore) -> None:
+    hot.create("t1")
+    hot.put_record("t1", msg("sys"), first=True)
+    hot.append("t1", [msg("m1")])
+    version = hot.version("t1")
+    again = hot.put_record("t1", msg("sys"), first=True)
+    assert (again.changed, again.length, again.version) == (False, 2, version)
+    # nothing to write, so a stale expected version is no conflict (a retried call)
+    assert hot.put_record("t1", msg("m1"), expected_version=1).changed is False
+
+
+def test_put_record_with_a_stale_expected_version_raises_and_writes_nothing(
+    hot: HotStore, redis_client: redis.Redis
+) -> None:
+    hot.create("t1")
+    hot.append("t1", [msg("m1")])
+    read_at = hot.version("t1")
+    hot.append("t1", [msg("m2")])
+    before = redis_contents(redis_client)
+    with pytest.raises(VersionConflict):
+        hot.put_record("t1", msg("sys"), first=True, expected_version=read_at)
+    assert redis_contents(redis_client) == before
+    assert hot.put_record("t1", msg("sys"), first=True, expected_version=read_at + 1).changed
+
+
+def test_put_record_brings_back_an_id_retired_by_a_compaction(hot: HotStore) -> None:
+    hot.create("t1")
+    hot.append("t1", [msg("sys"), msg("m1")])
+    hot.replace_all("t1", [msg("m1")])  # a compaction dropped the system record
+    assert hot.append("t1", [msg("sys")]).skipped_ids == ("sys",)  # a late append does not
+    hot.put_record("t1", msg("sys", "again"), first=True)  # an explicit put does
+    assert hot.load("t1") == [msg("sys", "again"), msg("m1")]
+
+
+def test_put_record_on_unknown_thread_or_bad_record_raises(
+    hot: HotStore, redis_client: redis.Redis
+) -> None:
+    with pytest.raises(ThreadNotFound):
+        hot.put_record("nope", msg("sys"), first=True)
+    assert redis_client.dbsize() == 0
+    hot.create("t1")
+    before = redis_contents(redis_client)
+    with pytest.raises(InvalidMessage):
+        hot.put_record("t1", {"id": "bad id", "body": {}})
+    with pytest.raises(ValueError, match="expected_version"):
+        hot.put_record("t1", msg("m1"), expected_version=-1)
+    assert redis_contents(redis_client) == before
 
 
 # -- state -----------------------------------------------------------------------

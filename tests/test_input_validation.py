@@ -179,6 +179,11 @@ THREAD_ID_OPERATIONS: dict[str, Operation] = {
     "load-state": lambda hot, tid: hot.load_state(tid),
     "truncate-from": lambda hot, tid: hot.truncate_from(tid, "m1"),
     "replace-all": lambda hot, tid: hot.replace_all(tid, [msg("n1")]),
+    "replace-all-staged": lambda hot, tid: hot.replace_all(
+        tid, [msg("n1"), msg("n2")], chunk_size=1
+    ),
+    "put-record": lambda hot, tid: hot.put_record(tid, msg("n1"), first=True),
+    "fork-transform": lambda hot, tid: hot.fork(tid, NEW, transform=lambda records: records),
     "delete": lambda hot, tid: hot.delete(tid),
     "acquire-lease": lambda hot, tid: hot.acquire_lease(tid, "worker-1", 10_000),
     "release-lease": lambda hot, tid: hot.release_lease(tid, "worker-1"),
@@ -362,15 +367,15 @@ def test_message_over_one_mib_is_refused_with_default_limits(
     )
 
 
-@pytest.mark.parametrize("operation", BATCH_OPERATIONS.values(), ids=BATCH_OPERATIONS)
-def test_batch_over_default_max_batch_is_refused(
-    seeded: HotStore, redis_client: redis.Redis, operation: Operation
+def test_append_over_default_max_batch_is_refused(
+    seeded: HotStore, redis_client: redis.Redis
 ) -> None:
+    """``replace_all`` takes a whole thread of any length (see test_hot_store.py)."""
     batch = [msg(f"n{i}") for i in range(1001)]
     assert_refused(
         seeded,
         redis_client,
-        lambda: operation(seeded, batch),
+        lambda: seeded.append(SEEDED, batch),
         InvalidMessage,
         match=r"batch of 1001 messages is over the limit of 1000",
     )
@@ -689,8 +694,13 @@ UNKNOWN_THREAD_OPERATIONS: dict[str, Operation] = {
     "load-state": lambda hot, tid: hot.load_state(tid),
     "truncate-from": lambda hot, tid: hot.truncate_from(tid, "m1"),
     "replace-all": lambda hot, tid: hot.replace_all(tid, [msg("n1")]),
+    "replace-all-staged": lambda hot, tid: hot.replace_all(
+        tid, [msg("n1"), msg("n2")], chunk_size=1
+    ),
+    "put-record": lambda hot, tid: hot.put_record(tid, msg("n1"), first=True),
     "acquire-lease": lambda hot, tid: hot.acquire_lease(tid, "worker-1", 10_000),
     "fork-source": lambda hot, tid: hot.fork(tid, NEW),
+    "fork-source-transform": lambda hot, tid: hot.fork(tid, NEW, transform=lambda rs: rs),
     "fork-source-up-to": lambda hot, tid: hot.fork(tid, NEW, up_to_id="m1"),
 }
 

@@ -16,7 +16,7 @@ import redis
 from celery import Celery
 from celery.result import AsyncResult
 
-from storage import InvalidMessage, ThreadExists, ThreadNotFound
+from storage import InvalidMessage, LeaseLost, ThreadExists, ThreadNotFound, VersionConflict
 from storage.cold import S3ColdStore
 from storage.tiered import Threads
 from tasks.app import threads as worker_threads
@@ -112,6 +112,35 @@ def test_state_fork_truncate_replace_delete_tasks(app: Celery, store: Threads) -
     assert [m["id"] for m in store.load("f1")] == ["s"]
     assert run(app, "threads.delete", thread_id="f1")["deleted"] is True
     assert run(app, "threads.delete", thread_id="f1")["deleted"] is False
+
+
+def test_truncate_checks_its_owner_and_replace_its_expected_version(
+    app: Celery, store: Threads
+) -> None:
+    run(app, "threads.create", thread_id="t1")
+    run(app, "threads.append", thread_id="t1", messages=[msg("m1"), msg("m2")])
+    version = store.hot.version("t1")
+    stale = app.signature(
+        "threads.replace",
+        kwargs={"thread_id": "t1", "messages": [msg("s")], "expected_version": version - 1},
+    )
+    fails_with(stale.apply_async(), VersionConflict, "not the expected")
+    replaced = run(
+        app,
+        "threads.replace",
+        thread_id="t1",
+        messages=[msg("s"), msg("m2")],
+        expected_version=version,
+    )
+    assert replaced["changed"] is True
+    store.acquire_lease("t1", "turn-2", 60_000)
+    other = app.signature(
+        "threads.truncate", kwargs={"thread_id": "t1", "message_id": "m2", "owner": "turn-1"}
+    )
+    fails_with(other.apply_async(), LeaseLost, "turn-2")
+    owned = run(app, "threads.truncate", thread_id="t1", message_id="m2", owner="turn-2")
+    assert owned["removed_ids"] == ["m2"]
+    assert [m["id"] for m in store.load("t1")] == ["s"]
 
 
 def test_flush_hydrate_and_flush_idle_tasks(app: Celery, store: Threads) -> None:

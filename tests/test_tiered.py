@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
-from storage import HotStore, LeaseHeld, SnapshotCorrupt, ThreadExists, ThreadNotFound
+from storage import (
+    HotStore,
+    LeaseHeld,
+    LeaseLost,
+    SnapshotCorrupt,
+    ThreadExists,
+    ThreadNotFound,
+    VersionConflict,
+)
 from storage.cold import ColdStore, FileColdStore
 from storage.tiered import Threads
 from tests.conftest import msg
@@ -271,6 +280,78 @@ def test_fork_of_a_cold_source_hydrates_it_first(threads: Threads) -> None:
         threads.open("f1", "fork", source="t1")
     with pytest.raises(ThreadNotFound):
         threads.open("f2", "fork", source="nope")
+
+
+class FlushBeforeFork(HotStore):
+    """The real HotStore; right before its next fork, ``flusher`` flushes the source,
+    as a concurrent ``flush_idle`` may between ``open``'s hydrate and its fork."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        super().__init__(client)
+        self.flusher: Threads | None = None
+        self.flushed: list[bool] = []
+
+    def fork(self, source_id: str, dest_id: str, *args: Any, **kwargs: Any) -> Any:
+        if self.flusher is not None:
+            flusher, self.flusher = self.flusher, None
+            self.flushed = [flusher.flush(source_id).evicted]
+        return super().fork(source_id, dest_id, *args, **kwargs)
+
+
+def test_fork_of_a_hot_source_evicted_before_the_fork_hydrates_it_again(
+    redis_client: redis.Redis, cold: ColdStore
+) -> None:
+    hot = FlushBeforeFork(redis_client)
+    threads = Threads(hot, cold)
+    make_thread(threads)
+    hot.flusher = Threads(HotStore(redis_client), cold)
+    assert threads.open("f1", "fork", source="t1", up_to_id="m1") == "forked"
+    assert hot.flushed == [True]  # the source really was evicted in between
+    assert ids_of(threads.hot.load("f1")) == ["m0", "m1"]
+
+
+def test_fork_pins_a_cold_source_it_hydrates_so_a_flush_cannot_evict_it(
+    redis_client: redis.Redis, cold: ColdStore
+) -> None:
+    hot = FlushBeforeFork(redis_client)
+    threads = Threads(hot, cold, write_pin_ms=60_000)
+    make_thread(threads)
+    threads.flush("t1")
+    hot.flusher = Threads(HotStore(redis_client), cold)
+    assert threads.open("f1", "fork", source="t1") == "forked"
+    assert hot.flushed == [False]  # kept hot by the pin
+    assert ids_of(threads.hot.load("f1")) == ["m0", "m1", "m2"]
+
+
+def test_fork_with_transform_of_a_cold_source(threads: Threads) -> None:
+    make_thread(threads, n=4)
+    threads.flush("t1")
+    status = threads.open("f1", "fork", source="t1", transform=lambda records: records[1:])
+    assert status == "forked"
+    assert ids_of(threads.hot.load("f1")) == ["m1", "m2", "m3"]
+    assert threads.hot.load_state("f1") == {"step": 1}
+    assert threads.open("f1", "fork", source="t1", transform=lambda records: []) == "existing"
+    assert ids_of(threads.hot.load("f1")) == ["m1", "m2", "m3"]
+
+
+def test_conditional_and_owned_writes_reach_a_cold_thread(threads: Threads) -> None:
+    make_thread(threads)
+    version = threads.hot.version("t1")
+    threads.flush("t1")
+    with pytest.raises(VersionConflict):
+        threads.replace_all("t1", [msg("summary")], expected_version=version - 1)
+    threads.flush("t1")
+    result = threads.replace_all("t1", [msg("summary"), msg("m2")], expected_version=version)
+    assert (result.changed, result.version) == (True, version + 1)
+    threads.flush("t1")
+    assert threads.put_record("t1", msg("sys"), first=True).length == 3
+    threads.flush("t1")
+    threads.acquire_lease("t1", "turn-1", 60_000)
+    threads.flush("t1")
+    with pytest.raises(LeaseLost):
+        threads.truncate_from("t1", "m2", owner="turn-2")
+    assert threads.truncate_from("t1", "m2", owner="turn-1").removed_ids == ("m2",)
+    assert ids_of(threads.load("t1")) == ["sys", "summary"]
 
 
 def test_open_rejects_unknown_mode_and_fork_without_source(threads: Threads) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from storage import HotStore
+from storage import HotStore, ThreadNotFound
 from storage.cold import ColdStore
 from storage.embedded import EmbeddedRedis
 from storage.snapshot import Snapshot
@@ -320,3 +320,51 @@ def test_stale_hydrate_never_restores_an_older_archive(threads: Threads, cold: C
     assert not isinstance(outcome[0], BaseException), outcome[0]
     assert outcome[0].status == "restored"
     assert [m["id"] for m in threads.hot.load("t1")] == ["m1", "m2"]
+
+
+# -- forks racing evictions of their source ---------------------------------------------
+
+
+@pytest.mark.slow
+def test_forks_never_fail_while_flushes_keep_evicting_their_source(
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, cold: ColdStore
+) -> None:
+    setup = Threads(HotStore(redis_client), cold)
+    setup.open("src", "new")
+    setup.append("src", [msg(f"m{i}") for i in range(20)])
+    expected = setup.hot.load("src")
+    stop = threading.Event()
+    evictions: list[int] = []
+
+    def flusher() -> None:
+        client = redis_server.client()
+        try:
+            threads = Threads(HotStore(client), cold)
+            while not stop.is_set():
+                if threads.flush("src").evicted:
+                    evictions.append(1)
+        finally:
+            client.close()
+
+    flush_thread, flush_outcome = run_in_thread(flusher)
+    # a short pin, so that evictions land between the forks' hydrates and forks
+    forker = Threads(HotStore(redis_client), cold, write_pin_ms=2)
+    failures: list[ThreadNotFound] = []
+    forks = 0
+    try:
+        deadline = time.monotonic() + 60
+        while (forks < 40 or len(evictions) < 20) and time.monotonic() < deadline:
+            try:
+                status = forker.open(f"f{forks}", "fork", source="src")
+            except ThreadNotFound as exc:
+                failures.append(exc)
+            else:
+                assert status == "forked"
+                assert forker.hot.load(f"f{forks}") == expected
+            forks += 1
+    finally:
+        stop.set()
+        flush_thread.join(timeout=30)
+    assert flush_outcome == [None]
+    assert failures == []
+    assert len(evictions) >= 20, "the flusher never raced the forks"

@@ -1,9 +1,12 @@
 -- truncate: drop one message and everything after it, and forget their ids in
 -- the ledger so that a rewind can append them again. Idempotent: an id that is
--- not (or no longer) in the thread changes nothing.
--- ARGV: ttl_ms, message_id
--- Returns {'ok', removed_ids, length, version}; {'not_found'}.
-local ttl, message_id = tonumber(ARGV[1]), ARGV[2]
+-- not (or no longer) in the thread changes nothing. With an owner, the lease is
+-- checked only if something would be removed (as in append.lua): a rewind by a
+-- turn that lost its lease must not cut the next turn's messages.
+-- ARGV: ttl_ms, message_id, owner ('' = no lease check)
+-- Returns {'ok', removed_ids, length, version}; {'not_found'};
+--   {'lease_lost', holder_or_empty}.
+local ttl, message_id, owner = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 if redis.call('EXISTS', K_META) == 0 then
   return {'not_found'}
 end
@@ -11,6 +14,12 @@ local pos = tonumber(redis.call('HGET', K_IDS, message_id) or '-1')
 if pos < 0 then
   touch(ttl)
   return {'ok', {}, redis.call('LLEN', K_MSGS), current_version()}
+end
+if owner ~= '' then
+  local holder = redis.call('GET', K_LEASE)
+  if holder ~= owner then
+    return {'lease_lost', holder or ''}
+  end
 end
 local removed = {}
 for i, raw in ipairs(redis.call('LRANGE', K_MSGS, pos, -1)) do
