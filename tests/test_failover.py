@@ -17,6 +17,7 @@ import itertools
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,7 @@ def raises_unavailable(action: Callable[[], object], cause: type[BaseException])
 
 @pytest.fixture
 def primary_and_replica() -> Iterator[tuple[EmbeddedRedis, EmbeddedRedis]]:
-    with EmbeddedRedis() as primary:
+    with EmbeddedRedis(extra_args=["--repl-diskless-sync-delay", "0"]) as primary:
         replica_args = ["--replicaof", "127.0.0.1", str(primary.port)]
         with EmbeddedRedis(extra_args=replica_args) as replica:
             probe = replica.client(decode_responses=True)
@@ -86,11 +87,13 @@ def test_writes_to_a_replica_are_transient_and_write_nothing(
     before = redis_contents(replica_client)
     # the replica never loaded the scripts: EVALSHA gets NOSCRIPT, redis-py's Script
     # loads it there and runs it again, and only then the script's first write fails
-    message = raises_unavailable(lambda: hot.append("t1", [msg("m1")]), redis.ReadOnlyError)
+    message = raises_unavailable(
+        lambda: hot.append("t1", [msg("m1")]), redis.exceptions.ReadOnlyError
+    )
     assert "append" in message
     assert "replica" in message
-    raises_unavailable(lambda: hot.create("t2"), redis.ReadOnlyError)
-    raises_unavailable(lambda: hot.mark_active("t1"), redis.ReadOnlyError)
+    raises_unavailable(lambda: hot.create("t2"), redis.exceptions.ReadOnlyError)
+    raises_unavailable(lambda: hot.mark_active("t1"), redis.exceptions.ReadOnlyError)
     assert redis_contents(replica_client) == before
     assert hot.info("t1").length == 0  # reads still work on a replica
 
@@ -106,10 +109,12 @@ def test_a_replica_cut_off_from_its_master_is_transient(
     primary.stop()
     wait_for(lambda: client.info("replication")["master_link_status"] == "down", 10, "link down")
     hot = HotStore(client)
-    message = raises_unavailable(lambda: hot.append("t1", [msg("m1")]), redis.MasterDownError)
+    message = raises_unavailable(
+        lambda: hot.append("t1", [msg("m1")]), redis.exceptions.MasterDownError
+    )
     assert "append" in message
-    raises_unavailable(lambda: hot.info("t1"), redis.MasterDownError)
-    raises_unavailable(lambda: hot.load("t1"), redis.MasterDownError)
+    raises_unavailable(lambda: hot.info("t1"), redis.exceptions.MasterDownError)
+    raises_unavailable(lambda: hot.load("t1"), redis.exceptions.MasterDownError)
 
 
 # -- a restarted Redis still loading its AOF --------------------------------------------
@@ -150,7 +155,7 @@ def test_a_call_during_aof_loading_is_transient_and_succeeds_after(tmp_path: Pat
                 result = hot.append("t1", [msg("m1")])
                 break
             except HotStoreUnavailable as exc:
-                if isinstance(exc.__cause__, redis.BusyLoadingError):
+                if isinstance(exc.__cause__, redis.exceptions.BusyLoadingError):
                     loading_errors.append(exc)
                 if time.monotonic() > deadline:
                     raise
@@ -159,9 +164,10 @@ def test_a_call_during_aof_loading_is_transient_and_succeeds_after(tmp_path: Pat
         assert loading_errors, f"no call saw the server loading ({attempts} attempts)"
         assert "loading" in str(loading_errors[0])
         assert "append" in str(loading_errors[0])
+        assert "retry" in str(loading_errors[0])  # the message says what to do
         assert result.appended_ids + result.skipped_ids == ("m1",)
         assert [m["id"] for m in hot.load("t1")] == ["m1"]
-        assert hot.redis.dbsize() == FILLER_KEYS + 2  # meta and msgs of t1; ids is a hash
+        assert hot.redis.dbsize() == FILLER_KEYS + 3  # meta, msgs and ids of t1
     finally:
         hot.redis.close()
         starting.join(timeout=30)
@@ -183,17 +189,21 @@ def full_redis() -> Iterator[EmbeddedRedis]:
 
 
 def fill_with_threads(hot: HotStore, prefix: str) -> list[str]:
-    """Create threads of 10 KiB messages, idle since 1970, until Redis refuses a
-    write; the threads that were filled and entered in the activity index."""
+    """Write threads of 1 KB messages (small calls: a call's own query buffer counts
+    towards maxmemory while it runs), idle since 1970, until Redis uses more than
+    ``maxmemory``; the threads written whole (and entered in the activity index)."""
+    limit = int(hot.redis.config_get("maxmemory")["maxmemory"])
     filled: list[str] = []
-    for n in range(1000):
+    for n in range(10_000):
+        if int(hot.redis.info("memory")["used_memory"]) > limit:
+            return filled
         tid = f"{prefix}-{n}"
         try:
             hot.create(tid)
-            hot.append(tid, [msg(f"{tid}-m{i}", "x" * 10_000) for i in range(10)])
+            hot.append(tid, [msg(f"{tid}-m{i}", "x" * 1000) for i in range(5)])
             hot.mark_active(tid, at_ms=1)
         except HotStoreFull:
-            return filled
+            continue  # refused at the limit: the loop checks the memory again
         filled.append(tid)
     raise AssertionError("Redis never filled up")
 
@@ -287,11 +297,15 @@ def test_a_cluster_with_a_failed_master_is_transient(bare_cluster: RedisClusterS
     try:
         wait_for(lambda: survivor.cluster("INFO")["cluster_state"] == "fail", 15, "state fail")
         # a thread on a healthy master is refused too: the cluster as a whole is down
-        message = raises_unavailable(lambda: hot.append(alive, [msg("m1")]), redis.ClusterDownError)
+        message = raises_unavailable(
+            lambda: hot.append(alive, [msg("m1")]), redis.exceptions.ClusterDownError
+        )
         assert "append" in message
         assert "cluster" in message.lower()
         direct = HotStore(survivor)
-        raises_unavailable(lambda: direct.append(alive, [msg("m1")]), redis.ClusterDownError)
+        raises_unavailable(
+            lambda: direct.append(alive, [msg("m1")]), redis.exceptions.ClusterDownError
+        )
         raises_unavailable(lambda: hot.append("dead", [msg("m1")]), redis.ConnectionError)
     finally:
         survivor.close()
@@ -371,6 +385,7 @@ class Failover:
 class Run:
     acks: list[Ack] = field(default_factory=list)
     retries: int = 0
+    causes: Counter[str] = field(default_factory=Counter)
     errors: list[BaseException] = field(default_factory=list)
     failovers: list[Failover] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -393,9 +408,10 @@ def append_until_acknowledged(threads: Threads, tid: str, mid: str, run: Run) ->
         try:
             result = threads.append(tid, [msg(mid)])
             break
-        except HotStoreUnavailable:
+        except HotStoreUnavailable as exc:
             with run.lock:
                 run.retries += 1
+                run.causes[type(exc.__cause__).__name__] += 1
             if time.monotonic() > deadline:
                 raise
             time.sleep(delay)
@@ -543,6 +559,7 @@ def test_appends_survive_master_failovers_exactly_once(
         "scripts_cached_on_promoted_master": [f.script_cached_on_promoted for f in run.failovers],
         "acknowledged_appends": len(run.acks),
         "retries": run.retries,
+        "retried_causes": dict(run.causes),
         "lost_acknowledged": len(lost),
         "doubled": 0,
         "seconds": round(time.monotonic() - started, 1),
