@@ -179,33 +179,22 @@ def test_a_call_during_aof_loading_is_transient_and_succeeds_after(tmp_path: Pat
 
 @pytest.fixture
 def full_redis() -> Iterator[EmbeddedRedis]:
-    """A Redis with 1 MiB of room over what it uses at start, under noeviction."""
+    """A Redis under ``noeviction`` (``maxmemory`` is set by ``fill_with_threads``)."""
     with EmbeddedRedis(extra_args=["--maxmemory-policy", "noeviction"]) as server:
-        client = server.client()
-        used = int(client.info("memory")["used_memory"])
-        client.config_set("maxmemory", used + 1024 * 1024)
-        client.close()
         yield server
 
 
-def fill_with_threads(hot: HotStore, prefix: str) -> list[str]:
-    """Write threads of 1 KB messages (small calls: a call's own query buffer counts
-    towards maxmemory while it runs), idle since 1970, until Redis uses more than
-    ``maxmemory``; the threads written whole (and entered in the activity index)."""
-    limit = int(hot.redis.config_get("maxmemory")["maxmemory"])
-    filled: list[str] = []
-    for n in range(10_000):
-        if int(hot.redis.info("memory")["used_memory"]) > limit:
-            return filled
-        tid = f"{prefix}-{n}"
-        try:
-            hot.create(tid)
-            hot.append(tid, [msg(f"{tid}-m{i}", "x" * 1000) for i in range(5)])
-            hot.mark_active(tid, at_ms=1)
-        except HotStoreFull:
-            continue  # refused at the limit: the loop checks the memory again
-        filled.append(tid)
-    raise AssertionError("Redis never filled up")
+def fill_with_threads(hot: HotStore, prefix: str, count: int = 100) -> list[str]:
+    """Write ``count`` threads of 5 KB, idle since 1970, then set ``maxmemory`` 100 KB
+    under what Redis uses: it is full, whatever a call's buffers add for a moment."""
+    filled = [f"{prefix}-{n}" for n in range(count)]
+    for tid in filled:
+        hot.create(tid)
+        hot.append(tid, [msg(f"{tid}-m{i}", "x" * 1000) for i in range(5)])
+        hot.mark_active(tid, at_ms=1)
+    used = int(hot.redis.info("memory")["used_memory"])
+    hot.redis.config_set("maxmemory", used - 100_000)
+    return filled
 
 
 def test_a_full_redis_refuses_writes_with_hot_store_full_and_writes_nothing(
