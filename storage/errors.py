@@ -124,9 +124,17 @@ class ColdStoreConflict(ColdStoreError):
 
 
 class HotStoreUnavailable(AgentThreadsError):
-    """Redis could not be reached or timed out; the write may be retried (it is idempotent)."""
+    """Redis could not be reached, timed out, or cannot serve writes for a while (a
+    failover, a replica, a cluster slot moving, loading its data set): nothing was
+    written, or the write may be retried (it is idempotent)."""
 
     transient = True
+
+
+class HotStoreFull(HotStoreUnavailable):
+    """Redis reached ``maxmemory`` under ``noeviction`` and refused a write; nothing
+    was written. Transient: an idle flush (``agent-threads flush --all-idle``)
+    evicts archived threads and frees memory; else raise ``maxmemory``."""
 
 
 class HotStoreAccessDenied(AgentThreadsError):

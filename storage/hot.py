@@ -23,12 +23,25 @@ from typing import Any, TypeAlias
 import redis
 from redis.commands.core import Script
 from redis.crc import key_slot
-from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError, RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    BusyLoadingError,
+    ClusterError,
+    MasterDownError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from storage.errors import (
     HotStoreAccessDenied,
+    HotStoreFull,
     HotStoreUnavailable,
     InvalidMessage,
     InvalidThreadId,
@@ -677,6 +690,8 @@ class HotStore:
         return [(_text(tid), int(score)) for tid, score in found]
 
     def _redis_call(self, action: Callable[[], Any], what: str = "a call") -> Any:
+        """Run ``action``, turning what redis-py raises into typed errors (the table
+        is in docs/reliability.md, "Failover and a full Redis")."""
         try:
             return action()
         except (AuthenticationError, AuthorizationError, NoPermissionError) as exc:
@@ -684,8 +699,31 @@ class HotStore:
             raise HotStoreAccessDenied(
                 f"Redis refused {what} in namespace {self.namespace!r}: {exc}"
             ) from exc
+        except OutOfMemoryError as exc:
+            raise HotStoreFull(
+                f"Redis is full (maxmemory under noeviction) and refused {what}; nothing "
+                f"was written: run an idle flush (agent-threads flush --all-idle) or raise "
+                f"maxmemory, then retry: {exc}"
+            ) from exc
+        except BusyLoadingError as exc:  # before ConnectionError, which it is
+            raise HotStoreUnavailable(
+                f"Redis is loading its data set (a restart) during {what}; retry when "
+                f"it has loaded: {exc}"
+            ) from exc
+        except (ReadOnlyError, MasterDownError) as exc:
+            raise HotStoreUnavailable(
+                f"Redis answered {what} from a replica ({exc}): a failover is under way "
+                "or the client points at a replica; retry once a master serves it"
+            ) from exc
+        except (ClusterError, SlotNotCoveredError, TryAgainError) as exc:
+            # ClusterDownError is a ClusterError; redis-py reports MOVED, ASK and
+            # TRYAGAIN it could not follow in time as ClusterError("TTL exhausted")
+            raise HotStoreUnavailable(
+                f"Redis Cluster could not serve {what} (a failover or a slot migration "
+                f"is under way); retry when the cluster is ok: {exc}"
+            ) from exc
         except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise HotStoreUnavailable(f"Redis unavailable during {what}: {exc}") from exc
+            raise HotStoreUnavailable(f"Redis unavailable during {what}; retry: {exc}") from exc
 
     # -- tiering (the hot halves of Threads.flush / Threads.hydrate) -----------
 

@@ -27,7 +27,19 @@ if redis.call('HGET', K_META, 'epoch') ~= epoch then
   return {'gone'}
 end
 local recorded = tonumber(redis.call('HGET', K_META, 'cold_version') or '-1')
-if recorded < archived then
+local holder = redis.call('GET', K_LEASE) or ''
+if release_owner ~= '' and holder == release_owner then
+  holder = '' -- released below
+end
+local version = current_version()
+local pinned = tonumber(redis.call('HGET', K_META, 'pinned_until') or '0') > now_ms()
+local evicting = evict == '1' and version == archived and recorded <= archived
+  and holder == '' and not pinned
+if evicting then
+  -- The first write: under maxmemory with noeviction Redis refuses a script only at
+  -- a first write that adds memory, so a full Redis can still evict (and recover).
+  redis.call('DEL', K_META, K_MSGS, K_IDS, K_STATE)
+elseif recorded < archived then
   redis.call('HSET', K_META, 'cold_version', archived, 'cold_etag', etag)
 end
 if release_owner ~= '' then
@@ -36,18 +48,13 @@ if release_owner ~= '' then
   end
   redis.call('HSET', K_TURNS, release_owner, now_ms())
 end
-local version = current_version()
-local holder = redis.call('GET', K_LEASE) or ''
-local pinned = tonumber(redis.call('HGET', K_META, 'pinned_until') or '0') > now_ms()
-if evict == '1' and version == archived and recorded <= archived and holder == ''
-    and not pinned then
+if evicting then
   redis.call('HSET', K_ARCHIVED, 'version', archived, 'etag', etag, 'epoch', epoch)
   redis.call('PEXPIRE', K_ARCHIVED, marker_ttl)
   -- The finished turns outlive the eviction as long as the marker: the archive just
   -- uploaded was read before this call marked release_owner, and a late duplicate
   -- of that turn must still find it finished after a restore (restore.lua keeps them).
   redis.call('PEXPIRE', K_TURNS, marker_ttl)
-  redis.call('DEL', K_META, K_MSGS, K_IDS, K_STATE)
   return {'evicted', version}
 end
 touch(ttl)
