@@ -33,7 +33,9 @@ for name, _ in pairs(fields) do
     redis.call('HDEL', K_META, name)
   end
 end
-redis.call('HSET', K_META, 'read:' .. fields['version'], fields['head'] or '')
+-- pcall: a full Redis (noeviction) refuses the note, and an idle flush must still be
+-- able to free memory; without the note a lost CAS merges instead of adopting.
+redis.pcall('HSET', K_META, 'read:' .. fields['version'], fields['head'] or '')
 return {
   'ok',
   meta,
