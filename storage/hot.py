@@ -286,12 +286,14 @@ class HotStore:
         meta = self.keys(thread_id).meta
         return bool(self._redis_call(lambda: self.redis.exists(meta)))
 
-    def delete(self, thread_id: str, *, tombstone: bool = True) -> bool:
+    def delete(self, thread_id: str, *, tombstone: bool = True, archived: bool = False) -> bool:
         """Delete every hot key of the thread and leave a tombstone (see
-        ``ThreadKeys.tomb``; ``tombstone=False``: an import replacing the hot copy by
-        its archive); True if it existed. Idempotent."""
+        ``ThreadKeys.tomb``) if it was hot, evicted, or ``archived`` (the caller saw
+        its archive); ``tombstone=False``: an import replacing the hot copy by its
+        archive. True if it existed hot. Idempotent."""
         ttl = self._marker_ttl_ms if tombstone else 0
-        return bool(self._call("delete", self.keys(thread_id).data, [ttl]))
+        args = [ttl, "1" if archived else "0"]
+        return bool(self._call("delete", self.keys(thread_id).data, args))
 
     def tombstone(self, thread_id: str) -> bool:
         """Tombstone a thread that is not in use (not hot, no eviction marker) before its

@@ -360,7 +360,7 @@ class Threads:
     def delete(self, thread_id: str) -> bool:
         """Delete the thread from both tiers; True if it existed in either. Idempotent."""
         in_cold = self.cold.head(thread_id) is not None
-        in_hot = self.hot.delete(thread_id)
+        in_hot = self.hot.delete(thread_id, archived=in_cold)
         self.cold.delete(thread_id)
         self.hot.forget_activity(thread_id)
         return in_hot or in_cold
