@@ -23,6 +23,7 @@ from redis.crc import key_slot
 
 import tests.test_hot_store
 import tests.test_tiered
+import tests.test_activity
 import tests.test_tiered_races
 from storage import HotStore, InvalidMessage, ThreadExists, ThreadNotFound
 from storage.cold import FileColdStore
@@ -50,6 +51,7 @@ def run_suite_here(module: ModuleType) -> None:
 run_suite_here(tests.test_hot_store)
 run_suite_here(tests.test_tiered)
 run_suite_here(tests.test_tiered_races)
+run_suite_here(tests.test_activity)
 
 
 @pytest.fixture
