@@ -25,9 +25,9 @@ variable (``AGENT_THREADS_*``); this module and the CLI are the only places that
 | AGENT_THREADS_FLUSH_IDLE_EVERY | 60 | beat period of threads.flush_idle (seconds) |
 | AGENT_THREADS_IDLE_FLUSH_LIMIT | 10000 | threads one flush_idle run claims and fans out |
 | AGENT_THREADS_IDLE_FLUSH_BATCH | 100 | threads.evict_idle tasks per Celery group |
-| AGENT_THREADS_IDLE_FAILURE_BACKOFF | 60 | seconds before a thread whose idle flush failed is tried again |
+| AGENT_THREADS_IDLE_FAILURE_BACKOFF | 60 | seconds before a failed idle flush is retried |
 | AGENT_THREADS_RECONCILE_EVERY | 60 | beat period of threads.reconcile_activity (seconds) |
-| AGENT_THREADS_RECONCILE_MAX_KEYS | 10000 | keys one reconcile run SCANs (per run, over all nodes) |
+| AGENT_THREADS_RECONCILE_MAX_KEYS | 10000 | keys one reconcile run SCANs (over all nodes) |
 | AGENT_THREADS_VISIBILITY_TIMEOUT | 3600 | Redis broker redelivery delay, see below |
 | AGENT_THREADS_RESTORE_INTERVAL | 10 | seconds between sweeps for tasks of dead workers |
 | AGENT_THREADS_QUEUE | agent-threads | the queue of the threads.* tasks |

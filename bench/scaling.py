@@ -562,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     print(keys_table(flushed))
     print(
         "   data keys (meta msgs ids state lease turns) must be 0; :archived markers stay "
-        "until their TTL (archive_marker_ttl_seconds) by design; activity = ZCARD of the ns:activity shards"
+        "until their TTL (archive_marker_ttl_seconds) by design; activity = ZCARD of ns:activity:*"
     )
     total = time.perf_counter() - started
     print(f"total {total:.1f} s")

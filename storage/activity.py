@@ -168,7 +168,8 @@ class ActivityIndex:
 
     def _nodes(self) -> list[tuple[str, Any]]:
         if isinstance(self.redis, redis.RedisCluster):
-            return [(node.name, node) for node in self.redis.get_primaries()]
+            primaries: list[Any] = self.redis.get_primaries()  # type: ignore[no-untyped-call]
+            return [(node.name, node) for node in primaries]
         return [("redis", None)]
 
     def _scan(self, node: Any, cursor: int, count: int) -> tuple[int, list[Any]]:
@@ -230,7 +231,7 @@ class ActivityIndex:
         legacy = self.layout.legacy_activity
 
         def run() -> int:
-            entries = self.redis.zrange(legacy, 0, max_entries - 1, withscores=True)
+            entries: list[Any] = self.redis.zrange(legacy, 0, max_entries - 1, withscores=True)
             if not entries:
                 return 0
             pipe = self._pipeline()

@@ -556,8 +556,8 @@ class Stats:
 
 
 def collect_stats(store: Threads, *, cold: bool = True, lease_scan_limit: int = 10_000) -> Stats:
-    """Counts from the activity index (ZCARD of its shards), INFO memory, DBSIZE and a listing of the
-    cold store (skipped with ``cold=False``: it reads every key of the bucket)."""
+    """Counts from the activity index (ZCARD of each shard), INFO memory, DBSIZE and a
+    listing of the cold store (skipped with ``cold=False``: it reads every key of the bucket)."""
     client = store.hot.redis
     layout = store.hot.layout
     hot_threads = store.hot.activity_count()

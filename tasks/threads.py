@@ -159,6 +159,8 @@ def reconcile_activity(self: ThreadTask, max_keys: int | None = None) -> JSON:
     most = settings().get("reconcile_max_keys", 10_000) if max_keys is None else max_keys
     report = self.threads.hot.reconcile_activity(max_keys=most)
     if report.reindexed:
-        log.warning("reconcile_activity: %d hot threads were missing from the index", report.reindexed)
+        log.warning(
+            "reconcile_activity: %d hot threads were missing from the index", report.reindexed
+        )
     summary: JSON = to_json(report)
     return summary

@@ -21,9 +21,9 @@ import pytest
 import redis
 from redis.crc import key_slot
 
+import tests.test_activity
 import tests.test_hot_store
 import tests.test_tiered
-import tests.test_activity
 import tests.test_tiered_races
 from storage import HotStore, InvalidMessage, ThreadExists, ThreadNotFound
 from storage.cold import FileColdStore
