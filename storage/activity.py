@@ -178,9 +178,9 @@ class ActivityIndex:
             reply: Any = self.redis.scan(cursor, match=match, count=count)
         else:
             reply = self.redis.scan(cursor, match=match, count=count, target_nodes=node)
-            if isinstance(reply, dict):  # keyed by node name
-                reply = next(iter(reply.values()))
         next_cursor, keys = reply
+        if isinstance(next_cursor, dict):  # RedisCluster: {node name: cursor}
+            next_cursor = next(iter(next_cursor.values()))
         return int(next_cursor), list(keys)
 
     def _reconcile_node(self, name: str, node: Any, budget: int) -> tuple[int, int, bool]:

@@ -27,11 +27,20 @@ def indexed(hot: HotStore) -> dict[str, int]:
     return dict(hot.active_threads(limit=100_000))
 
 
+def reset_command_stats(client: redis.Redis | redis.RedisCluster) -> None:
+    if isinstance(client, redis.RedisCluster):
+        client.config_resetstat(target_nodes=redis.RedisCluster.PRIMARIES)
+    else:
+        client.config_resetstat()
+
+
 def commands_called(client: redis.Redis | redis.RedisCluster, command: str) -> int:
-    """How often ``command`` ran since the last CONFIG RESETSTAT (over every node)."""
-    stats = client.info("commandstats")
-    single = any(str(key).startswith("cmdstat_") for key in stats)
-    nodes = [stats] if single else [s for s in stats.values() if isinstance(s, dict)]
+    """How often ``command`` ran since ``reset_command_stats`` (over every primary)."""
+    if isinstance(client, redis.RedisCluster):
+        per_node = client.info("commandstats", target_nodes=redis.RedisCluster.PRIMARIES)
+        nodes = list(per_node.values())
+    else:
+        nodes = [client.info("commandstats")]
     return sum(int(node.get(f"cmdstat_{command}", {}).get("calls", 0)) for node in nodes)
 
 
@@ -158,7 +167,7 @@ def test_most_appends_of_a_burst_do_not_touch_the_index(
 ) -> None:
     threads = Threads(HotStore(redis_client, activity_refresh_ms=60_000), cold)
     threads.open("t1", "new")
-    redis_client.config_resetstat()
+    reset_command_stats(redis_client)
     results = [threads.append("t1", [msg(f"m{i}")]) for i in range(50)]
     assert commands_called(redis_client, "zadd") == 1
     assert [r.index_due for r in results] == [True] + [False] * 49

@@ -453,3 +453,18 @@ def test_command_line_reads_and_writes_threads_on_the_cluster(
     run("delete", "c2", "--yes")
     assert not store.hot.exists("c2")
     assert store.cold.head("c2") is None
+
+
+def test_activity_shards_spread_over_slots_and_primaries(
+    cluster_client: redis.RedisCluster,
+) -> None:
+    """Appends of one namespace no longer all hit the master of one index key."""
+    layout = HotStore(cluster_client).layout
+    slots = {key_slot(shard.encode()) for shard in layout.activity_shards}
+    assert len(slots) == 64
+    other = {
+        key_slot(s.encode()) for s in HotStore(cluster_client, namespace="b").layout.activity_shards
+    }
+    assert slots != other
+    nodes = {cluster_client.get_node_from_key(shard).name for shard in layout.activity_shards}
+    assert len(nodes) == len(cluster_client.get_primaries())
