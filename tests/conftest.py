@@ -173,7 +173,6 @@ def backdate(hot: HotStore, thread_id: str, at_ms: int, *, meta: bool = True) ->
     """Make ``thread_id`` look idle since ``at_ms``: its index entry (written directly:
     marks only move forward) and, with ``meta``, its last write."""
     layout = hot.layout
-    shard = layout.activity_of(thread_id) if hasattr(layout, "activity_of") else layout.activity
-    hot.redis.zadd(shard, {thread_id: at_ms})
+    hot.redis.zadd(layout.activity_of(thread_id), {thread_id: at_ms})
     if meta:
         hot.redis.hset(layout.thread(thread_id).meta, "updated", at_ms)
