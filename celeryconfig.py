@@ -23,6 +23,11 @@ variable (``AGENT_THREADS_*``); this module and the CLI are the only places that
 | AGENT_THREADS_LEASE_TTL_MS | 900000 | how long one agent turn may hold a thread |
 | AGENT_THREADS_IDLE_SECONDS | 1800 | flush_idle archives threads idle this long |
 | AGENT_THREADS_FLUSH_IDLE_EVERY | 60 | beat period of threads.flush_idle (seconds) |
+| AGENT_THREADS_IDLE_FLUSH_LIMIT | 10000 | threads one flush_idle run claims and fans out |
+| AGENT_THREADS_IDLE_FLUSH_BATCH | 100 | threads.evict_idle tasks per Celery group |
+| AGENT_THREADS_IDLE_FAILURE_BACKOFF | 60 | seconds before a failed idle flush is retried |
+| AGENT_THREADS_RECONCILE_EVERY | 60 | beat period of threads.reconcile_activity (seconds) |
+| AGENT_THREADS_RECONCILE_MAX_KEYS | 10000 | keys one reconcile run SCANs (over all nodes) |
 | AGENT_THREADS_VISIBILITY_TIMEOUT | 3600 | Redis broker redelivery delay, see below |
 | AGENT_THREADS_RESTORE_INTERVAL | 10 | seconds between sweeps for tasks of dead workers |
 | AGENT_THREADS_QUEUE | agent-threads | the queue of the threads.* tasks |
@@ -106,6 +111,10 @@ beat_schedule = {
         "task": "threads.flush_idle",
         "schedule": float(_env("FLUSH_IDLE_EVERY", "60")),
     },
+    "reconcile-activity-index": {
+        "task": "threads.reconcile_activity",
+        "schedule": float(_env("RECONCILE_EVERY", "60")),
+    },
 }
 
 # agent-threads' own settings (read by tasks/app.py)
@@ -120,6 +129,12 @@ agent_threads = {
     "ttl_seconds": int(_env("TTL_SECONDS", str(24 * 3600))),
     "lease_ttl_ms": int(_env("LEASE_TTL_MS", str(15 * 60 * 1000))),
     "idle_seconds": int(_env("IDLE_SECONDS", str(30 * 60))),
+    "idle_flush_limit": int(_env("IDLE_FLUSH_LIMIT", "10000")),
+    "idle_flush_batch": int(_env("IDLE_FLUSH_BATCH", "100")),
+    "idle_failure_backoff_seconds": float(_env("IDLE_FAILURE_BACKOFF", "60")),
+    # how long a claimed idle thread is skipped while its evict_idle task is in flight
+    "idle_claim_seconds": 600,
+    "reconcile_max_keys": int(_env("RECONCILE_MAX_KEYS", "10000")),
     # observability (tasks/metrics.py, tasks/logs.py)
     "metrics_port": int(_env("METRICS_PORT", "0") or "0"),
     "metrics_addr": _env("METRICS_ADDR", "0.0.0.0"),  # noqa: S104 - a scrape target

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-TABLES = ("hot_store", "peers", "scaling", "tiering", "celery_throughput")
+TABLES = ("hot_store", "peers", "scaling", "tiering", "celery_throughput", "idle_flush")
 WITH_JSON = {"peers", "scaling"}
 
 NARRATIVE = {
@@ -44,6 +44,10 @@ NARRATIVE = {
     "celery_throughput": (
         "Celery: `threads.append` against a no-op task, and one `agent_turn` against a chain "
         "of four no-op tasks, on the same broker and worker."
+    ),
+    "idle_flush": (
+        "Idle flush: idle threads one worker evicts per second through the `threads.flush_idle` "
+        "fan-out, against the old serial loop of `Threads.flush` calls."
     ),
 }
 

@@ -53,6 +53,7 @@ from bench.hot_store import Stats, chat_body, measure, message, run
 from storage import HotStore
 from storage.cold import FileColdStore
 from storage.embedded import EmbeddedRedis
+from storage.keys import KeyLayout
 from storage.records import encode_message
 from storage.tiered import Threads
 
@@ -310,10 +311,11 @@ def count_keys(client: redis.Redis, namespace: str) -> dict[str, Any]:
     """Keys of ``namespace`` by kind (SCAN), marker TTLs, and activity index size."""
     counts: dict[str, int] = dict.fromkeys((*DATA_KINDS, "archived", "staging", "other"), 0)
     markers: list[bytes] = []
-    activity = f"{namespace}:activity"
+    layout = KeyLayout(namespace)
+    shards = set(layout.activity_shards)
     for raw_key in client.scan_iter(match=f"{namespace}:*", count=1000):
         name = raw_key.decode()
-        if name == activity:
+        if name in shards:
             continue
         suffix = name.rsplit("}:", 1)[-1] if "}:" in name else ""
         if suffix.startswith("staging:"):
@@ -338,7 +340,7 @@ def count_keys(client: redis.Redis, namespace: str) -> dict[str, Any]:
         "marker_ttl_s_max": round(max(ttls) / 1000, 1) if ttls else None,
         "staging_keys": counts["staging"],
         "other_keys": counts["other"],
-        "activity_entries": int(client.zcard(activity)),
+        "activity_entries": sum(int(client.zcard(shard)) for shard in shards),
     }
 
 
@@ -560,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     print(keys_table(flushed))
     print(
         "   data keys (meta msgs ids state lease turns) must be 0; :archived markers stay "
-        "until their TTL (archive_marker_ttl_seconds) by design; activity = ZCARD ns:activity"
+        "until their TTL (archive_marker_ttl_seconds) by design; activity = ZCARD of ns:activity:*"
     )
     total = time.perf_counter() - started
     print(f"total {total:.1f} s")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -39,6 +38,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from storage.activity import ActivityIndex
 from storage.errors import (
     HotStoreAccessDenied,
     HotStoreFull,
@@ -67,6 +67,7 @@ from storage.results import (
     FlushSource,
     ForkResult,
     Lease,
+    ReconcileReport,
     StateResult,
     ThreadInfo,
     TruncateResult,
@@ -86,6 +87,8 @@ CHUNK_RECORDS = 2000
 CHUNK_BYTES = 8 * 1024 * 1024
 """Record bytes per script call: chunks stop here too, so one call never carries
 ``CHUNK_RECORDS`` records of up to 1 MiB each."""
+ACTIVITY_REFRESH_MS = 60_000
+"""Default ``activity_refresh_ms``: an append asks for an index write at most this often."""
 
 _SCRIPT_NAMES = (
     "create",
@@ -198,6 +201,10 @@ class HotStore:
     ``keep_unarchived``: a cold tier archives this store (``Threads`` turns it on):
     the TTL runs only while a thread equals its archive, so Redis never expires a
     write the archive does not hold. Off (a hot tier alone), the TTL is the retention.
+    ``activity_refresh_ms``: an append reports ``index_due`` (and ``Threads.append``
+    writes the activity index) only if the index was last written for the thread
+    at least this long ago, so most appends are one round trip; the index may lag
+    the last write by this much (the workers set it to an eighth of the idle time).
     """
 
     def __init__(
@@ -209,17 +216,22 @@ class HotStore:
         limits: Limits = DEFAULT_LIMITS,
         archive_marker_ttl_seconds: int = 3600,
         keep_unarchived: bool = False,
+        activity_refresh_ms: int = ACTIVITY_REFRESH_MS,
     ) -> None:
         if ttl_seconds is not None and ttl_seconds < 1:
             raise ValueError("ttl_seconds must be >= 1 or None")
         if archive_marker_ttl_seconds < 1:
             raise ValueError("archive_marker_ttl_seconds must be >= 1")
+        if activity_refresh_ms < 0:
+            raise ValueError("activity_refresh_ms must be >= 0")
         self.redis = redis
         self.layout = KeyLayout(namespace)
         self.limits = limits
         self._expiry_ms = 0 if ttl_seconds is None else ttl_seconds * 1000
         self.keep_unarchived = keep_unarchived
         self._marker_ttl_ms = archive_marker_ttl_seconds * 1000
+        self.activity_refresh_ms = activity_refresh_ms
+        self.activity = ActivityIndex(redis, self.layout, self._redis_call)
         self._scripts: dict[str, Script] = {
             name: redis.register_script(script_source(name)) for name in _SCRIPT_NAMES
         }
@@ -341,19 +353,20 @@ class HotStore:
         if owner is not None:
             validate_message_id(owner, self.limits, what="lease owner")
         batch = encode_batch(messages, self.limits)
-        args: list[Any] = [self._ttl_ms, owner or ""]
+        args: list[Any] = [self._ttl_ms, owner or "", self.activity_refresh_ms]
         for item in batch:
             args += [item.id, item.record]
         reply = self._call("append", keys.data, args)
         if _text(reply[0]) == "lease_lost":
             raise LeaseLost(thread_id, owner or "", _text(reply[1]) or None)
-        _, flags, length, version = self._checked(thread_id, reply)
+        _, flags, length, version, due = self._checked(thread_id, reply)
         flags = _text(flags)
         return AppendResult(
             appended_ids=tuple(m.id for m, f in zip(batch, flags, strict=True) if f == "1"),
             skipped_ids=tuple(m.id for m, f in zip(batch, flags, strict=True) if f == "0"),
             length=int(length),
             version=int(version),
+            index_due=bool(due),
         )
 
     def load(self, thread_id: str, start: int = 0, stop: int = -1) -> list[Message]:
@@ -664,32 +677,39 @@ class HotStore:
         validate_message_id(owner, self.limits, what="lease owner")
         return bool(self._call("release_lease", keys.data, [owner]))
 
-    # -- activity index (one ZSET per namespace, outside the threads' slots) ------
+    # -- activity index (sharded ZSETs outside the threads' slots: storage/activity.py) --
 
     def mark_active(self, thread_id: str, at_ms: int | None = None) -> None:
-        """Record activity on a thread (now, by default) in the namespace's index."""
-        at = time.time() * 1000 if at_ms is None else at_ms
-        self._redis_call(lambda: self.redis.zadd(self.layout.activity, {thread_id: int(at)}))
+        """Record activity on a thread (now, by default); a score never moves back."""
+        self.activity.mark(thread_id, at_ms)
 
     def forget_activity(self, thread_id: str) -> None:
-        self._redis_call(lambda: self.redis.zrem(self.layout.activity, thread_id))
+        """Drop the thread from the index, unless it is hot again (then it stays)."""
+        self.activity.forget(thread_id)
 
     def idle_threads(self, idle_ms: int, limit: int = 1000) -> list[tuple[str, int]]:
         """Threads whose last recorded activity is older than ``idle_ms``, oldest first."""
-        cutoff = int(time.time() * 1000) - idle_ms
-        found = self._redis_call(
-            lambda: self.redis.zrangebyscore(
-                self.layout.activity, "-inf", cutoff, start=0, num=limit, withscores=True
-            )
-        )
-        return [(_text(tid), int(score)) for tid, score in found]
+        return self.activity.idle(idle_ms, limit)
 
     def active_threads(self, limit: int = 100) -> list[tuple[str, int]]:
         """The most recently active threads, newest first."""
-        found = self._redis_call(
-            lambda: self.redis.zrevrange(self.layout.activity, 0, limit - 1, withscores=True)
-        )
-        return [(_text(tid), int(score)) for tid, score in found]
+        return self.activity.active(limit)
+
+    def activity_count(self) -> int:
+        """Threads in the activity index."""
+        return self.activity.count()
+
+    def reconcile_activity(self, *, max_keys: int = 10_000) -> ReconcileReport:
+        """Re-index hot threads that have no index entry (a crash between a write and
+        its mark); SCANs about ``max_keys`` keys per call, resuming where the last
+        call stopped. Needs the SCAN command (see docs/reliability.md on ACLs)."""
+        return self.activity.reconcile(max_keys)
+
+    def last_write_ms(self, thread_id: str) -> int | None:
+        """The thread's meta ``updated`` (ms); None when it is not hot."""
+        meta = self.keys(thread_id).meta
+        updated = self._redis_call(lambda: self.redis.hget(meta, "updated"), "last_write_ms")
+        return None if updated is None else int(updated)
 
     def _redis_call(self, action: Callable[[], Any], what: str = "a call") -> Any:
         """Run ``action``, turning what redis-py raises into typed errors (the table

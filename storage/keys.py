@@ -8,6 +8,7 @@ script touches a single slot. Key names are built here and nowhere else.
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 
 from storage.errors import InvalidMessage, InvalidThreadId
@@ -157,7 +158,48 @@ class KeyLayout:
         return ThreadKeys(self.namespace, thread_id)
 
     @property
-    def activity(self) -> str:
-        """ZSET thread id -> last activity (ms) of the namespace's hot threads, kept by
-        ``Threads``; ``flush_idle`` reads it instead of scanning keys."""
+    def activity_shards(self) -> list[str]:
+        """The activity index: ZSETs thread id -> last recorded activity (ms), one per
+        shard, each in its own slot (the tag names namespace and shard), so appends of
+        one namespace spread over the cluster. ``flush_idle`` reads them, never a scan."""
+        return [self._shard(i) for i in range(ACTIVITY_SHARDS)]
+
+    def activity_of(self, thread_id: str) -> str:
+        """The activity shard that lists ``thread_id`` (a stable hash of the id)."""
+        return self._shard(zlib.crc32(thread_id.encode("utf-8")) % ACTIVITY_SHARDS)
+
+    def _shard(self, index: int) -> str:
+        return f"{self.namespace}:activity:{{{self.namespace}:a{index:02d}}}"
+
+    @property
+    def legacy_activity(self) -> str:
+        """The single activity ZSET of earlier versions; the reconciler migrates and drops it."""
         return f"{self.namespace}:activity"
+
+    @property
+    def activity_cursor(self) -> str:
+        """HASH node -> SCAN cursor of the activity reconciler."""
+        return f"{self.namespace}:activity-cursor"
+
+    @property
+    def idle_flush_lock(self) -> str:
+        """STRING token of the one ``flush_idle`` running in this namespace, with PX expiry."""
+        return f"{self.namespace}:idle-flush-lock"
+
+    @property
+    def meta_pattern(self) -> str:
+        """SCAN MATCH pattern of every thread's meta key (the existence markers)."""
+        return f"{self.namespace}:{{*}}:meta"
+
+    def thread_id_of_meta(self, key: str | bytes) -> str | None:
+        """The thread id in a meta key found by ``meta_pattern``; None for another key."""
+        text = key.decode("utf-8") if isinstance(key, bytes) else key
+        head, tail = f"{self.namespace}:{{", "}:meta"
+        if not (text.startswith(head) and text.endswith(tail)):
+            return None
+        thread_id = text[len(head) : -len(tail)]
+        return thread_id if thread_id and "{" not in thread_id else None
+
+
+ACTIVITY_SHARDS = 64
+"""Shards of the activity index per namespace."""

@@ -17,6 +17,9 @@ class AppendResult:
     skipped_ids: tuple[str, ...]
     length: int
     version: int
+    index_due: bool = True
+    """The activity index should record this append (its entry is older than
+    ``HotStore.activity_refresh_ms``); ``Threads.append`` then marks the thread."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,4 +146,20 @@ class IdleFlushReport:
     kept: tuple[str, ...]
     """Still hot: a turn holds the lease, or the thread was written meanwhile."""
     failed: tuple[str, ...]
-    """``"<thread id>: <error>"`` for flushes that failed; retried on the next run."""
+    """``"<thread id>: <error>"`` for flushes that failed; retried after a backoff."""
+    locked: bool = False
+    """Another ``flush_idle`` of this namespace was running: this one did nothing."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileReport:
+    """One bounded run of ``HotStore.reconcile_activity``."""
+
+    scanned: int
+    """Keys the SCAN looked at (meta keys and others)."""
+    reindexed: int
+    """Hot threads that had no index entry and got one (their meta ``updated``)."""
+    wrapped: bool
+    """Every node's SCAN finished a full pass in this run (the cursor came back to 0)."""
+    legacy_migrated: int = 0
+    """Entries moved from the single pre-shard index (``ns:activity``) in this run."""

@@ -26,8 +26,10 @@ lose a write that races it:
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -65,6 +67,11 @@ WRITE_PIN_MS = 1000
 """Default ``write_pin_ms``: a thread hydrated in order to read or write it is not
 evicted for this long, so a flush racing that access cannot evict it again and
 again before the access lands."""
+IDLE_FAILURE_BACKOFF_SECONDS = 60.0
+"""Default backoff of a thread whose idle flush failed: it is tried again that much
+later instead of staying at the head of the index."""
+IDLE_FLUSH_LOCK_SECONDS = 600.0
+"""Default expiry of the idle-flush lock (a crashed holder frees it after this)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,28 +187,98 @@ class Threads:
             self.hot.forget_activity(thread_id)
         return FlushResult(status, archived, etag, commit.outcome == "evicted", size)
 
-    def flush_idle(self, idle_seconds: float, *, limit: int = 1000) -> IdleFlushReport:
-        """Flush (and evict) threads whose last activity is older than ``idle_seconds``.
+    def flush_idle(
+        self,
+        idle_seconds: float,
+        *,
+        limit: int = 1000,
+        concurrency: int = 8,
+        failure_backoff_seconds: float = IDLE_FAILURE_BACKOFF_SECONDS,
+        lock_seconds: float = IDLE_FLUSH_LOCK_SECONDS,
+    ) -> IdleFlushReport:
+        """Flush (and evict) threads whose last activity is older than ``idle_seconds``,
+        ``concurrency`` at a time.
 
         Candidates come from the namespace's activity index, never from a key scan.
-        A thread that stays hot (a turn holds its lease, or it was written to
-        meanwhile) is kept and looked at again on a later run.
+        One run per namespace at a time: while another holds the lock this one does
+        nothing (``locked``). A thread that stays hot (a turn holds its lease, or it
+        was written to meanwhile) is kept; one that fails is retried after
+        ``failure_backoff_seconds`` (see ``evict_idle``).
         """
-        evicted, kept, failed = [], [], []
-        candidates = self.hot.idle_threads(int(idle_seconds * 1000), limit)
-        for thread_id, _ in candidates:
-            try:
-                result = self.flush(thread_id)
-            except AgentThreadsError as exc:
-                failed.append(f"{thread_id}: {exc}")
-                continue
-            if result.evicted or (result.status in ("absent", "unchanged") and not result.version):
-                self.hot.forget_activity(thread_id)
-                evicted.append(thread_id)
-            else:
-                self.hot.mark_active(thread_id)
-                kept.append(thread_id)
-        return IdleFlushReport(len(candidates), tuple(evicted), tuple(kept), tuple(failed))
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        with self.idle_flush_lock(lock_seconds) as held:
+            if not held:
+                return IdleFlushReport(0, (), (), (), locked=True)
+            candidates = [t for t, _ in self.hot.idle_threads(int(idle_seconds * 1000), limit)]
+
+            def one(thread_id: str) -> tuple[str, str]:
+                try:
+                    return self.evict_idle(
+                        thread_id, idle_seconds, failure_backoff_seconds=failure_backoff_seconds
+                    ), thread_id
+                except AgentThreadsError as exc:
+                    return "failed", f"{thread_id}: {exc}"
+
+            with ThreadPoolExecutor(max_workers=min(concurrency, max(1, len(candidates)))) as pool:
+                outcomes = list(pool.map(one, candidates))
+        evicted = tuple(t for o, t in outcomes if o == "evicted")
+        kept = tuple(t for o, t in outcomes if o == "kept")
+        failed = tuple(t for o, t in outcomes if o == "failed")
+        return IdleFlushReport(len(candidates), evicted, kept, failed)
+
+    @contextlib.contextmanager
+    def idle_flush_lock(self, seconds: float = IDLE_FLUSH_LOCK_SECONDS) -> Iterator[bool]:
+        """The namespace's idle-flush singleton lock: yields whether it was taken (and
+        releases it after, if it is still ours), so two beats never select at once."""
+        token = self.hot.activity.lock(int(seconds * 1000))
+        try:
+            yield token is not None
+        finally:
+            if token is not None:
+                self.hot.activity.unlock(token)
+
+    def claim_idle(self, idle_seconds: float, limit: int, claim_seconds: float) -> list[str]:
+        """Idle candidates, oldest first, each claimed for ``claim_seconds``: their index
+        score moves forward so that a later selection (the next beat) skips them while
+        their ``evict_idle`` is in flight, and retries them if it got lost. Call it
+        holding ``idle_flush_lock``."""
+        idle_ms = int(idle_seconds * 1000)
+        chosen = [t for t, _ in self.hot.idle_threads(idle_ms, limit)]
+        self.hot.activity.push_back(chosen, _now_ms() - idle_ms + int(claim_seconds * 1000))
+        return chosen
+
+    def evict_idle(
+        self,
+        thread_id: str,
+        idle_seconds: float,
+        *,
+        failure_backoff_seconds: float = IDLE_FAILURE_BACKOFF_SECONDS,
+    ) -> str:
+        """Flush and evict one idle candidate: "evicted" (or already gone) or "kept".
+
+        The index may lag the last write (``HotStore.activity_refresh_ms``), so a
+        thread written within ``idle_seconds`` is re-marked at that write and kept
+        (a write racing this check is safe: flush only evicts what it archived).
+        A failure pushes the thread back by ``failure_backoff_seconds``, then raises.
+        """
+        idle_ms = int(idle_seconds * 1000)
+        now = _now_ms()
+        updated = self.hot.last_write_ms(thread_id)
+        if updated is not None and updated > now - idle_ms:
+            self.hot.mark_active(thread_id, updated)
+            return "kept"
+        try:
+            result = self.flush(thread_id)
+        except AgentThreadsError:
+            backoff_ms = int(failure_backoff_seconds * 1000)
+            self.hot.activity.push_back([thread_id], now - idle_ms + backoff_ms)
+            raise
+        if result.evicted or (result.status in ("absent", "unchanged") and not result.version):
+            self.hot.forget_activity(thread_id)
+            return "evicted"
+        self.hot.mark_active(thread_id)
+        return "kept"
 
     def _upload(self, snapshot: Snapshot, if_match: str | None) -> Upload:
         """CAS-upload ``snapshot`` (read from the hot copy, which knew the archive
@@ -385,7 +462,8 @@ class Threads:
         also across flush and hydrate (the ledger is archived with the thread)."""
         batch = list(messages)
         result = self._hot(thread_id, lambda: self.hot.append(thread_id, batch, owner=owner))
-        self.hot.mark_active(thread_id)
+        if result.index_due:  # most appends: the index is fresh enough, one round trip
+            self.hot.mark_active(thread_id)
         return result
 
     def truncate_from(
@@ -456,3 +534,7 @@ class Threads:
     def release_lease(self, thread_id: str, owner: str) -> bool:
         """Release ``owner``'s lease; False if it does not hold it. Idempotent."""
         return self.hot.release_lease(thread_id, owner)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

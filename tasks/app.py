@@ -101,6 +101,8 @@ def build_threads(settings: Mapping[str, Any]) -> Threads:
         hot_redis_from_settings(settings),
         namespace=settings["namespace"],
         ttl_seconds=settings["ttl_seconds"],
+        # the index may lag a write by this much; small against the idle time
+        activity_refresh_ms=int(settings.get("idle_seconds", 1800) * 1000 / 8),
     )
     cold = cold_store_from_url(
         settings["cold_url"],

@@ -498,12 +498,20 @@ def _ids_from_file(path: str) -> list[str]:
     help="idle time (default AGENT_THREADS_IDLE_SECONDS)",
 )
 @click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option(
+    "--concurrency", type=click.IntRange(min=1), default=8, show_default=True,
+    help="flushes in flight at once",
+)  # fmt: skip
 @_errors
-def flush_idle(older_than: float | None, limit: int) -> None:
+def flush_idle(older_than: float | None, limit: int, concurrency: int) -> None:
     """Archive and evict threads idle longer than --older-than, as the beat task does
-    (a thread whose turn holds its lease stays hot). Exits 1 if any flush failed."""
+    (a thread whose turn holds its lease stays hot). Exits 1 if any flush failed;
+    does nothing while another idle flush of the namespace runs (the beat's)."""
     idle = settings()["idle_seconds"] if older_than is None else older_than
-    report = _store().flush_idle(idle, limit=limit)
+    report = _store().flush_idle(idle, limit=limit, concurrency=concurrency)
+    if report.locked:
+        click.echo("another idle flush of this namespace is running: nothing done")
+        return
     click.echo(
         f"{report.candidates} idle, {len(report.evicted)} evicted, {len(report.kept)} kept hot, "
         f"{len(report.failed)} failed"

@@ -149,6 +149,7 @@ METADATA_TASKS = frozenset(
     for name in (
         "create", "append", "fork", "truncate", "replace", "save_state", "hydrate",
         "flush", "delete", "acquire_lease", "release_lease", "flush_idle",
+        "evict_idle", "reconcile_activity",
     )
 )  # fmt: skip
 """Tasks whose results are ids, versions and statuses: their results are logged as

@@ -50,7 +50,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client import start_http_server as _start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from storage.errors import LeaseHeld, LeaseLost
+from storage.errors import AgentThreadsError, LeaseHeld, LeaseLost
 from storage.results import AppendResult, FlushResult, HydrateResult, IdleFlushReport, Lease
 from storage.tiered import Threads
 
@@ -254,15 +254,8 @@ class InstrumentedThreads(Threads):
         )
         return released
 
-    def flush_idle(self, idle_seconds: float, *, limit: int = 1000) -> IdleFlushReport:
-        report = super().flush_idle(idle_seconds, limit=limit)
-        for outcome, threads in (
-            ("evicted", report.evicted),
-            ("kept", report.kept),
-            ("failed", report.failed),
-        ):
-            if threads:
-                IDLE_FLUSHED.labels(outcome).inc(len(threads))
+    def flush_idle(self, idle_seconds: float, **options: Any) -> IdleFlushReport:
+        report = super().flush_idle(idle_seconds, **options)  # evict_idle counts each thread
         log.info(
             "flush_idle done",
             extra={
@@ -270,9 +263,19 @@ class InstrumentedThreads(Threads):
                 "evicted": len(report.evicted),
                 "kept": len(report.kept),
                 "failed": len(report.failed),
+                "locked": report.locked,
             },
         )
         return report
+
+    def evict_idle(self, thread_id: str, idle_seconds: float, **options: Any) -> str:
+        try:
+            outcome = super().evict_idle(thread_id, idle_seconds, **options)
+        except AgentThreadsError:
+            IDLE_FLUSHED.labels("failed").inc()
+            raise
+        IDLE_FLUSHED.labels(outcome).inc()
+        return outcome
 
 
 # -- task signals ------------------------------------------------------------------------

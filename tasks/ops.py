@@ -558,14 +558,14 @@ class Stats:
 
 
 def collect_stats(store: Threads, *, cold: bool = True, lease_scan_limit: int = 10_000) -> Stats:
-    """Counts from the activity index (ZCARD), INFO memory, DBSIZE and a listing of the
-    cold store (skipped with ``cold=False``: it reads every key of the bucket)."""
+    """Counts from the activity index (ZCARD of each shard), INFO memory, DBSIZE and a
+    listing of the cold store (skipped with ``cold=False``: it reads every key of the bucket)."""
     client = store.hot.redis
     layout = store.hot.layout
-    hot_threads = int(client.zcard(layout.activity))
+    hot_threads = store.hot.activity_count()
     leased: int | None = None
     if hot_threads <= lease_scan_limit:
-        ids = [_text(t) for t in client.zrange(layout.activity, 0, -1)]
+        ids = [t for t, _ in store.hot.active_threads(limit=max(1, hot_threads))]
         pipe = client.pipeline(transaction=False)
         for thread_id in ids:
             pipe.exists(layout.thread(thread_id).lease)

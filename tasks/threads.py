@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from celery import Task
+from celery import Task, group
 from celery.utils.log import get_task_logger
 
 from storage.records import JSON
@@ -129,11 +129,47 @@ def release_lease(self: ThreadTask, thread_id: str, owner: str) -> JSON:
 
 
 @thread_task("threads.flush_idle")
-def flush_idle(self: ThreadTask, idle_seconds: float | None = None, limit: int = 1000) -> JSON:
-    """Beat task: archive and evict threads idle longer than ``idle_seconds``."""
-    idle = settings()["idle_seconds"] if idle_seconds is None else idle_seconds
-    report = self.threads.flush_idle(idle, limit=limit)
-    if report.failed:
-        log.warning("flush_idle: %d threads failed: %s", len(report.failed), report.failed)
+def flush_idle(
+    self: ThreadTask, idle_seconds: float | None = None, limit: int | None = None
+) -> JSON:
+    """Beat task: claim threads idle longer than ``idle_seconds`` (at most ``limit``)
+    and fan them out as ``threads.evict_idle`` tasks, in groups of ``idle_flush_batch``.
+    One run per namespace at a time (a lock): a second beat's run does nothing. It does
+    not wait for the evictions (a task must not block on other tasks)."""
+    conf = settings()
+    idle = conf["idle_seconds"] if idle_seconds is None else idle_seconds
+    most = conf.get("idle_flush_limit", 10_000) if limit is None else limit
+    batch = max(1, int(conf.get("idle_flush_batch", 100)))
+    with self.threads.idle_flush_lock() as held:
+        if not held:
+            log.info("flush_idle: another run holds the namespace's lock; nothing to do")
+            return {"locked": True, "candidates": 0, "batches": 0}
+        claim = conf.get("idle_claim_seconds", 600)
+        chosen = self.threads.claim_idle(idle, most, claim)
+        batches = [chosen[i : i + batch] for i in range(0, len(chosen), batch)]
+        for ids in batches:
+            group(evict_idle.s(thread_id, idle) for thread_id in ids).apply_async()
+    return {"locked": False, "candidates": len(chosen), "batches": len(batches)}
+
+
+@thread_task("threads.evict_idle", ignore_result=True)
+def evict_idle(self: ThreadTask, thread_id: str, idle_seconds: float) -> JSON:
+    """Flush and evict one idle thread unless it was written within ``idle_seconds``:
+    "evicted" or "kept". A failure pushes the thread back in the index (backoff)."""
+    backoff = float(settings().get("idle_failure_backoff_seconds", 60))
+    outcome = self.threads.evict_idle(thread_id, idle_seconds, failure_backoff_seconds=backoff)
+    return {"thread_id": thread_id, "outcome": outcome}
+
+
+@thread_task("threads.reconcile_activity")
+def reconcile_activity(self: ThreadTask, max_keys: int | None = None) -> JSON:
+    """Beat task: re-index hot threads missing from the activity index (a worker died
+    between a write and its index entry), scanning about ``max_keys`` keys per run."""
+    most = settings().get("reconcile_max_keys", 10_000) if max_keys is None else max_keys
+    report = self.threads.hot.reconcile_activity(max_keys=most)
+    if report.reindexed:
+        log.warning(
+            "reconcile_activity: %d hot threads were missing from the index", report.reindexed
+        )
     summary: JSON = to_json(report)
     return summary

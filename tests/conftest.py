@@ -167,3 +167,12 @@ def redis_contents(client: redis.Redis | redis.RedisCluster) -> dict[bytes, Any]
 def msg(message_id: str, text: str | None = None) -> dict[str, Any]:
     """A small chat-shaped message record."""
     return {"id": message_id, "body": {"role": "user", "content": text or f"text of {message_id}"}}
+
+
+def backdate(hot: HotStore, thread_id: str, at_ms: int, *, meta: bool = True) -> None:
+    """Make ``thread_id`` look idle since ``at_ms``: its index entry (written directly:
+    marks only move forward) and, with ``meta``, its last write."""
+    layout = hot.layout
+    hot.redis.zadd(layout.activity_of(thread_id), {thread_id: at_ms})
+    if meta:
+        hot.redis.hset(layout.thread(thread_id).meta, "updated", at_ms)

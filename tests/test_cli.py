@@ -31,7 +31,7 @@ from tasks import ops
 from tasks.app import build_threads, settings
 from tasks.app import threads as worker_threads
 from tasks.cli import main
-from tests.conftest import msg, redis_contents
+from tests.conftest import backdate, msg, redis_contents
 from tests.servers import MotoServer
 
 # -- harness ----------------------------------------------------------------------------------
@@ -279,7 +279,7 @@ def test_ls_orders_hot_threads_by_last_activity(s3_tiers: Tiers) -> None:
     store.acquire_lease("t-old", "turn-7", 60_000)
     now = int(time.time() * 1000)
     for thread_id, ago_ms in (("t-old", 30_000), ("t-new", 1_000), ("t-mid", 20_000)):
-        store.hot.mark_active(thread_id, at_ms=now - ago_ms)
+        backdate(store.hot, thread_id, now - ago_ms, meta=False)
 
     listed = json.loads(s3_tiers.ok("ls", "--json").output)
     assert [e["thread_id"] for e in listed] == ["t-new", "t-mid", "t-old"]
@@ -332,7 +332,7 @@ def test_flush_idle_command_evicts_idle_threads(s3_tiers: Tiers) -> None:
     store = s3_tiers.store
     store.open("cli-idle", "new")
     store.open("cli-busy", "new")
-    store.hot.mark_active("cli-idle", at_ms=1)
+    backdate(store.hot, "cli-idle", 1)
     result = s3_tiers.ok("flush-idle", "--older-than", "1m")
     assert "1 idle, 1 evicted, 0 kept hot, 0 failed" in result.output
     assert not store.hot.exists("cli-idle")
@@ -368,8 +368,8 @@ def test_flush_all_idle_flushes_only_idle_threads(s3_tiers: Tiers) -> None:
     store = s3_tiers.store
     for thread_id in ("i1", "i2", "busy"):
         store.open(thread_id, "new")
-    store.hot.mark_active("i1", at_ms=1)
-    store.hot.mark_active("i2", at_ms=2)
+    backdate(store.hot, "i1", 1)
+    backdate(store.hot, "i2", 2)
 
     result = s3_tiers.ok("flush", "--all-idle", "--older-than", "10m")
 
@@ -695,7 +695,7 @@ def test_beat_command_schedules_flush_idle_on_the_workers(
     store = worker_threads()
     thread_id = f"beat-{uuid.uuid4().hex[:8]}"
     store.open(thread_id, "new")
-    store.hot.mark_active(thread_id, at_ms=1)  # idle for decades
+    backdate(store.hot, thread_id, 1)  # idle for decades
     base = f"redis://127.0.0.1:{redis_server.port}"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AGENT_THREADS_")},

@@ -21,6 +21,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
+import tests.test_activity
 import tests.test_hot_store
 import tests.test_tiered
 import tests.test_tiered_races
@@ -50,6 +51,7 @@ def run_suite_here(module: ModuleType) -> None:
 run_suite_here(tests.test_hot_store)
 run_suite_here(tests.test_tiered)
 run_suite_here(tests.test_tiered_races)
+run_suite_here(tests.test_activity)
 
 
 @pytest.fixture
@@ -451,3 +453,18 @@ def test_command_line_reads_and_writes_threads_on_the_cluster(
     run("delete", "c2", "--yes")
     assert not store.hot.exists("c2")
     assert store.cold.head("c2") is None
+
+
+def test_activity_shards_spread_over_slots_and_primaries(
+    cluster_client: redis.RedisCluster,
+) -> None:
+    """Appends of one namespace no longer all hit the master of one index key."""
+    layout = HotStore(cluster_client).layout
+    slots = {key_slot(shard.encode()) for shard in layout.activity_shards}
+    assert len(slots) == 64
+    other = {
+        key_slot(s.encode()) for s in HotStore(cluster_client, namespace="b").layout.activity_shards
+    }
+    assert slots != other
+    nodes = {cluster_client.get_node_from_key(shard).name for shard in layout.activity_shards}
+    assert len(nodes) == len(cluster_client.get_primaries())

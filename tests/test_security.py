@@ -501,7 +501,7 @@ ACL_PASSWORD = f"acl-{uuid.uuid4().hex}"
 HOT_STORE_ACL = (
     "on resetkeys ~{ns}:* resetchannels -@all "
     "+evalsha +script|load +multi +exec +exists +lrange +del "
-    "+zadd +zrem +zrangebyscore +zrevrange "
+    "+zadd +zrem +zrangebyscore +zrevrange +zrange +zcard +zscore "
     "+get +set +hexists +hget +hmget +hgetall +hkeys +hset +hdel +hincrby "
     "+llen +rpush +ltrim +pexpire +persist +pttl +rename +time"
 )
@@ -509,12 +509,12 @@ HOT_STORE_ACL = (
 ``Threads``): its keys only (``<ns>:*``, which includes the activity index
 ``<ns>:activity``), no pub/sub channels, and only the commands agent-threads sends
 (EVALSHA and SCRIPT LOAD for the Lua scripts, MULTI/EXEC/EXISTS/LRANGE for ``load``,
-the activity ZSET commands, DEL of restore staging keys) plus the commands the
-scripts call (Redis checks those against the caller's ACL too)::
+the activity ZSET commands, SET NX PX of the idle-flush lock, DEL of restore staging
+keys) plus the commands the scripts call (Redis checks those against the caller's ACL too)::
 
     ACL SETUSER <user> on ><password> resetkeys ~<ns>:* resetchannels -@all
         +evalsha +script|load +multi +exec +exists +lrange +del
-        +zadd +zrem +zrangebyscore +zrevrange
+        +zadd +zrem +zrangebyscore +zrevrange +zrange +zcard +zscore
         +get +set +hexists +hget +hmget +hgetall +hkeys +hset +hdel +hincrby
         +llen +rpush +ltrim +pexpire +persist +pttl +rename +time
 
@@ -576,9 +576,13 @@ def test_acl_user_confined_to_its_namespace_runs_every_operation(
     assert threads.flush("t1", release_owner="turn-1").evicted
     assert threads.hydrate("t1").status == "restored"  # 6 records: staged in 3 chunks
     assert [m["id"] for m in threads.load("t1")] == [f"m{i}" for i in range(6)]
-    hot.mark_active("t2", at_ms=1)
+    admin.zadd(hot.layout.activity_of("t2"), {"t2": 1})  # idle for decades
+    admin.hset(hot.keys("t2").meta, "updated", 1)
     assert hot.idle_threads(1000)[0][0] == "t2"
     assert hot.active_threads()
+    assert hot.activity_count() == 2
+    with pytest.raises(HotStoreAccessDenied, match=r"(?i)scan"):
+        hot.reconcile_activity()  # the reconciler's user needs +scan (docs/reliability.md)
     report = threads.flush_idle(0)
     assert "t2" in report.evicted
     assert threads.open("t2", "continue") == "restored"

@@ -22,7 +22,7 @@ from storage.tiered import Threads
 from tasks.app import threads as worker_threads
 from tasks.client import ThreadClient
 from tasks.turns import agent_turn
-from tests.conftest import msg
+from tests.conftest import backdate, msg
 
 TIMEOUT = 60
 
@@ -150,10 +150,52 @@ def test_flush_hydrate_and_flush_idle_tasks(app: Celery, store: Threads) -> None
     assert (flushed["status"], flushed["evicted"]) == ("archived", True)
     assert run(app, "threads.hydrate", thread_id="t1")["status"] == "restored"
     assert run(app, "threads.hydrate", thread_id="t1")["status"] == "hot"
-    store.hot.mark_active("t1", at_ms=1)
+    backdate(store.hot, "t1", 1)
     report = run(app, "threads.flush_idle", idle_seconds=60)
-    assert report["evicted"] == ["t1"]
-    assert not store.hot.exists("t1")
+    assert report == {"locked": False, "candidates": 1, "batches": 1}
+    wait_until(lambda: not store.hot.exists("t1"), "the fanned-out evict_idle never ran")
+
+
+def wait_until(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_flush_idle_task_fans_out_evictions_to_the_workers_in_batches(
+    app: Celery, store: Threads
+) -> None:
+    tids = [f"idle-{i}" for i in range(25)]
+    for tid in tids:
+        store.open(tid, "new")
+        store.append(tid, [msg("m1")])
+        backdate(store.hot, tid, 1)
+    store.open("busy", "new")
+    with store.idle_flush_lock() as held:  # another beat is dispatching: this run waits
+        assert held
+        assert run(app, "threads.flush_idle", idle_seconds=60)["locked"] is True
+    app.conf.agent_threads = {**app.conf.agent_threads, "idle_flush_batch": 10}
+    try:
+        report = run(app, "threads.flush_idle", idle_seconds=60)
+    finally:
+        app.conf.agent_threads = {**app.conf.agent_threads, "idle_flush_batch": 100}
+    assert report == {"locked": False, "candidates": 25, "batches": 3}
+    # claimed while in flight: the next beat does not pick them again
+    assert run(app, "threads.flush_idle", idle_seconds=60)["candidates"] == 0
+    wait_until(lambda: not any(store.hot.exists(t) for t in tids), "evictions never finished")
+    assert all(store.cold.head(t) is not None for t in tids)
+    assert store.hot.exists("busy")
+    assert {t for t, _ in store.hot.active_threads()} == {"busy"}
+
+
+def test_reconcile_activity_task_reindexes_a_thread_missing_from_the_index(
+    app: Celery, store: Threads
+) -> None:
+    store.hot.create("lost")  # written, but its index entry never made it
+    report = run(app, "threads.reconcile_activity")
+    assert (report["reindexed"], report["wrapped"]) == (1, True)
+    assert [t for t, _ in store.hot.active_threads()] == ["lost"]
 
 
 def test_lease_tasks_and_transient_lease_wait_is_retried(app: Celery, store: Threads) -> None:

@@ -19,7 +19,7 @@ from storage import (
 )
 from storage.cold import ColdStore, FileColdStore
 from storage.tiered import Threads
-from tests.conftest import msg
+from tests.conftest import backdate, msg
 
 
 def ids_of(records: list[dict[str, object]] | list[object]) -> list[object]:
@@ -431,7 +431,7 @@ def test_flush_idle_evicts_idle_threads_and_keeps_busy_ones(
     threads.acquire_lease("leased", "turn-1", 60_000)
     old = 1_000  # ms since the epoch: long ago
     for tid in ("idle-1", "idle-2", "leased"):
-        threads.hot.mark_active(tid, at_ms=old)
+        backdate(threads.hot, tid, old)
     report = threads.flush_idle(idle_seconds=60)
     assert report.candidates == 3
     assert sorted(report.evicted) == ["idle-1", "idle-2"]
