@@ -15,6 +15,7 @@ idle flusher whatever interleaves between those round trips:
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 import time
@@ -24,6 +25,7 @@ from typing import Any
 
 import redis
 
+from storage.errors import HotStoreFull
 from storage.keys import KeyLayout
 from storage.results import ReconcileReport
 
@@ -54,6 +56,13 @@ class ActivityIndex:
 
         self._release = client.register_script(script_source("release_lock"))
 
+    def _best_effort(self, action: Callable[[], Any], what: str) -> None:
+        """An index write that a full Redis (``HotStoreFull``) may refuse: the index is
+        repaired by the reconciler, and refusing it must not stop an idle flush from
+        freeing memory."""
+        with contextlib.suppress(HotStoreFull):
+            self._call(action, what)
+
     def _pipeline(self) -> Any:
         # not transactional: on Redis Cluster the shards are in different slots
         return self.redis.pipeline(transaction=False)
@@ -64,7 +73,7 @@ class ActivityIndex:
         """Record activity at ``at_ms`` (now by default), never moving a score back."""
         at = now_ms() if at_ms is None else int(at_ms)
         shard = self.layout.activity_of(thread_id)
-        self._call(lambda: self.redis.zadd(shard, {thread_id: at}, gt=True), "mark_active")
+        self._best_effort(lambda: self.redis.zadd(shard, {thread_id: at}, gt=True), "mark_active")
 
     def forget(self, thread_id: str) -> None:
         """Drop the thread's entry unless it is hot: remove, then re-add it (now) if its
@@ -78,7 +87,7 @@ class ActivityIndex:
             if self.redis.exists(meta):
                 self.redis.zadd(shard, {thread_id: now_ms()}, gt=True)
 
-        self._call(forget, "forget_activity")
+        self._best_effort(forget, "forget_activity")
 
     def push_back(self, thread_ids: list[str], at_ms: int) -> None:
         """Move the entries of ``thread_ids`` forward to ``at_ms`` if they still exist:
@@ -92,7 +101,7 @@ class ActivityIndex:
                 pipe.zadd(self.layout.activity_of(thread_id), {thread_id: at_ms}, xx=True, gt=True)
             pipe.execute()
 
-        self._call(push, "push_back")
+        self._best_effort(push, "push_back")
 
     # -- reads ---------------------------------------------------------------------
 
@@ -139,13 +148,20 @@ class ActivityIndex:
 
     def lock(self, ttl_ms: int) -> str | None:
         """Take the namespace's idle-flush lock for ``ttl_ms``; its token, or None if
-        another flush_idle holds it."""
+        another flush_idle holds it. A full Redis refuses the lock: then "" (go on
+        without it: two idle flushes at once are harmless, one that cannot run to free
+        memory is not)."""
         token = uuid.uuid4().hex
         key = self.layout.idle_flush_lock
-        taken = self._call(lambda: self.redis.set(key, token, nx=True, px=ttl_ms), "lock")
+        try:
+            taken = self._call(lambda: self.redis.set(key, token, nx=True, px=ttl_ms), "lock")
+        except HotStoreFull:
+            return ""
         return token if taken else None
 
     def unlock(self, token: str) -> bool:
+        if not token:  # taken without a lock (see ``lock``)
+            return False
         key = self.layout.idle_flush_lock
         return bool(self._call(lambda: self._release(keys=[key], args=[token]), "unlock"))
 

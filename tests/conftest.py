@@ -164,6 +164,16 @@ def redis_contents(client: redis.Redis | redis.RedisCluster) -> dict[bytes, Any]
     return picture
 
 
+def without_read_records(contents: dict[bytes, Any]) -> dict[bytes, Any]:
+    """Redis contents minus the ``read:<version>`` lineage notes flush_read.lua keeps."""
+    cleaned = {}
+    for key, (kind, value, expires) in contents.items():
+        if kind == b"hash" and key.endswith(b":meta"):
+            value = {k: v for k, v in value.items() if not k.startswith(b"read:")}
+        cleaned[key] = (kind, value, expires)
+    return cleaned
+
+
 def msg(message_id: str, text: str | None = None) -> dict[str, Any]:
     """A small chat-shaped message record."""
     return {"id": message_id, "body": {"role": "user", "content": text or f"text of {message_id}"}}

@@ -18,7 +18,7 @@ from storage.cold import ColdStore, FileColdStore, S3ColdStore
 from storage.embedded import EmbeddedRedis, free_port
 from storage.errors import ColdStoreUnavailable
 from storage.tiered import Threads
-from tests.conftest import msg, redis_contents, s3_client_for
+from tests.conftest import msg, redis_contents, s3_client_for, without_read_records
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,16 +30,6 @@ def dead_s3(bucket: str) -> S3ColdStore:
 
 
 # -- cold tier outage ------------------------------------------------------------------
-
-
-def without_read_records(contents: dict[bytes, Any]) -> dict[bytes, Any]:
-    """Redis contents minus the ``read:<version>`` lineage notes flush_read.lua keeps."""
-    cleaned = {}
-    for key, (kind, value, expires) in contents.items():
-        if kind == b"hash" and key.endswith(b":meta"):
-            value = {k: v for k, v in value.items() if not k.startswith(b"read:")}
-        cleaned[key] = (kind, value, expires)
-    return cleaned
 
 
 def test_s3_down_during_flush_surfaces_and_keeps_hot_copy(
