@@ -84,6 +84,8 @@ class Upload:
     version: int
     size: int
     merged: Snapshot | None
+    gone: bool = False
+    """The thread was deleted while it was being flushed: nothing was uploaded."""
 
 
 class Threads:
@@ -166,6 +168,8 @@ class Threads:
             etag, archived, size, status = source.cold_etag, source.version, 0, "unchanged"
         else:
             upload = self._upload(source.snapshot, source.cold_etag)
+            if upload.gone:
+                return FlushResult("absent")
             if upload.merged is not None:
                 return self._rebase(source.snapshot, upload, evict, release_owner)
             etag, archived, size = upload.etag, upload.version, upload.size
@@ -300,6 +304,9 @@ class Threads:
             except ColdStoreConflict:
                 current = self.cold.read(snapshot.thread_id)
             if current is None:
+                if not self.hot.exists(snapshot.thread_id):
+                    # the archive it lost to is gone, and so is the hot copy: deleted
+                    return Upload("", snapshot.version, 0, None, gone=True)
                 if_match = None
                 continue
             archived, etag = current

@@ -75,6 +75,39 @@ def test_a_flush_that_read_before_a_delete_does_not_resurrect_the_thread(
     assert threads.hydrate("t").status == "absent"
 
 
+class CountingWrites(GatedColdStore):
+    """``GatedColdStore`` that counts the uploads that went through."""
+
+    def __init__(self, inner: ColdStore, pause_after: str) -> None:
+        super().__init__(inner, pause_after)
+        self.uploads = 0
+
+    def write_bytes(self, thread_id: str, data: bytes, if_match: str | None) -> str:
+        etag = super().write_bytes(thread_id, data, if_match)
+        self.uploads += 1
+        return etag
+
+
+def test_a_flush_that_loses_its_cas_to_a_delete_uploads_nothing(
+    threads: Threads, cold: ColdStore
+) -> None:
+    threads.open("t", "new")
+    threads.append("t", [msg("m1")])
+    threads.flush("t", evict=False)  # archived: the next flush replaces it by CAS
+    threads.append("t", [msg("m2")])
+    gated = CountingWrites(cold, pause_after="write_bytes_before")
+    slow = Threads(threads.hot, gated)
+    flush, outcome = run_in_thread(lambda: slow.flush("t"))
+    assert gated.reached.wait(timeout=10)
+    threads.delete("t")  # both tiers, while the flush holds the thread's content
+    gated.release()
+    flush.join(timeout=30)
+    assert not isinstance(outcome[0], BaseException), outcome
+    assert outcome[0].status == "absent"
+    assert gated.uploads == 0  # the archive it lost to is gone: nothing is re-created
+    assert in_no_tier(threads, "t")
+
+
 def short_marker_threads(client: redis.Redis, cold: ColdStore) -> Threads:
     """Eviction markers that expire in a second, so prune treats evicted threads as
     unused without a test waiting an hour (the default marker TTL)."""
