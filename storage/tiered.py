@@ -345,6 +345,10 @@ class Threads:
             rebase=(hot_copy.version, hot_copy.head),
         )
         if outcome != "rebased":
+            if not self.hot.exists(thread_id):  # deleted meanwhile: no resurrection
+                if self.cold.head(thread_id) == upload.etag:
+                    self.cold.delete(thread_id)
+                return FlushResult("absent")
             if release_owner is not None:
                 self.hot.release_lease(thread_id, release_owner)
             return FlushResult("merged", merged.version, upload.etag, False, upload.size)
