@@ -3,20 +3,25 @@
 * ``acks_late`` + ``reject_on_worker_lost``: a task whose worker dies is delivered
   again (every threads.* task is idempotent, so that is harmless).
 * transient errors (Redis or S3 unreachable, a lost compare-and-swap, a lease held
-  by another turn) are retried with exponential backoff and full jitter, a bounded
+  by another turn) are retried with exponential backoff and equal jitter, a bounded
   number of times; then the typed error is what the caller sees.
 * every other error (invalid input, unknown thread, corrupt snapshot, a lost
   lease, ...) fails at once with its message; it would fail the same way again.
 
 The bounds come from the ``agent_threads`` settings (``AGENT_THREADS_MAX_RETRIES``,
 ``_RETRY_BACKOFF``, ``_RETRY_BACKOFF_MAX``), read once when this module is imported.
-Celery's backoff is in whole seconds: the delay before retry n is a random
-0..min(backoff_max, backoff * 2**n) seconds.
+The delay before retry n is a random time between half and all of
+min(backoff_max, backoff * 2**n) seconds ("equal jitter", see ``retry_delay``):
+spread out like full jitter, but the retries of one task always span at least
+half their exponential sum, ~60 s at the defaults, so a Redis failover (15 s of
+``cluster-node-timeout`` by default) never uses them all up. Full jitter (Celery's
+``retry_jitter``) can draw eight waits of 0 s.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import random
 from typing import Any
 
 from celery import Task
@@ -46,6 +51,13 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
 _POLICY = app_module.settings()
 
 
+def retry_delay(retries: int, backoff: float, maximum: float) -> float:
+    """Seconds before retry ``retries`` (0 = the first): equal jitter over the
+    exponential step, so never less than half of it."""
+    step = min(maximum, backoff * 2**retries)
+    return random.uniform(step / 2, step)  # noqa: S311 - spreading retries, not secrets
+
+
 # transient errors whose only argument is their message (rebuilt with a note)
 _OUTAGES = (HotStoreUnavailable, ColdStoreUnavailable, ColdStoreConflict)
 
@@ -56,9 +68,11 @@ class ThreadTask(Task[Any, Any]):
     acks_late = True
     reject_on_worker_lost = True
     autoretry_for = TRANSIENT_ERRORS
-    retry_backoff = int(_POLICY.get("retry_backoff", 1))  # seconds: 1, 2, 4, ... full jitter
+    # Celery's own backoff stays off (it offers full jitter only): ``retry`` sets the
+    # delay from these with ``retry_delay``.
+    retry_backoff = False
+    backoff_seconds = float(_POLICY.get("retry_backoff", 1))  # 1, 2, 4, ... capped
     retry_backoff_max = int(_POLICY.get("retry_backoff_max", 30))
-    retry_jitter = True
     max_retries = int(_POLICY.get("max_retries", 8))
     # expected failures are logged without a traceback
     throws = (AgentThreadsError,)
@@ -74,9 +88,12 @@ class ThreadTask(Task[Any, Any]):
         max_retries: int | None = None,
         **options: Any,
     ) -> Any:
-        """Celery's retry; when the retries are used up, an outage error says so."""
+        """Celery's retry, with the policy's delay (``retry_delay``) when none is given;
+        when the retries are used up, an outage error says so."""
         limit = self.max_retries if max_retries is None else max_retries
         used = self.request.retries
+        if countdown is None and eta is None:
+            countdown = retry_delay(used, self.backoff_seconds, self.retry_backoff_max)
         if isinstance(exc, _OUTAGES) and limit is not None and used >= limit:
             exc = type(exc)(f"{exc} (gave up after {used} retries)")
         return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)

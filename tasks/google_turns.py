@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from celery.utils.time import get_exponential_backoff_interval
-
 from adapters.base import IntegrityPolicy, reply_id
 from storage.errors import AgentThreadsError
 from storage.records import JSON
@@ -91,12 +89,7 @@ if genai is not None:
         except errors.ClientError as exc:
             if exc.code != RATE_LIMITED:
                 raise
-            # autoretry_for works on classes; a 429 is the one retryable client error.
-            countdown = get_exponential_backoff_interval(
-                factor=int(self.retry_backoff),
-                retries=self.request.retries,
-                maximum=self.retry_backoff_max,
-                full_jitter=bool(self.retry_jitter),
-            )
-            raise self.retry(exc=exc, countdown=countdown) from exc
+            # autoretry_for works on classes; a 429 is the one retryable client error
+            # (retried with the policy's delay, see tasks/base.py)
+            raise self.retry(exc=exc) from exc
         return {"reply_id": reply_id(turn_id), "body": body}

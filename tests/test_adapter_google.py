@@ -270,12 +270,12 @@ def app(celery_stack: Celery, redis_client: redis.Redis) -> Iterator[Celery]:
     for item in cold.client.list_objects_v2(Bucket=cold.bucket).get("Contents", []):
         cold.client.delete_object(Bucket=cold.bucket, Key=item["Key"])
     task = celery_stack.tasks["adapters.google_genai.run_turn"]
-    backoff, factory = task.retry_backoff, google_turns.client_factory
-    task.retry_backoff = 0  # the retried 429 comes back at once
+    backoff, factory = task.backoff_seconds, google_turns.client_factory
+    task.backoff_seconds = 0  # the retried 429 comes back at once
     try:
         yield celery_stack
     finally:
-        task.retry_backoff = backoff
+        task.backoff_seconds = backoff
         google_turns.client_factory = factory
 
 
