@@ -640,7 +640,7 @@ def test_append_tasks_survive_a_failover_at_the_default_timers(
     tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     """A real ``celery worker`` with the shipped retry policy (8 retries, backoff 1 s,
-    cap 30 s, full jitter) and the shipped socket timeouts, its hot tier on a cluster
+    cap 30 s, equal jitter) and the shipped socket timeouts, its hot tier on a cluster
     failing over at Redis's default 15 s: no append task may give up before the
     replica is promoted, none may be stored twice, and each producer's order holds."""
     import os
@@ -807,7 +807,7 @@ def test_append_tasks_survive_a_failover_at_the_default_timers(
         figures = {
             "test": "celery append tasks through a cluster failover at the default timers",
             "cluster_node_timeout_ms": DEFAULT_NODE_TIMEOUT_MS,
-            "retry_policy": "8 retries, backoff 1 s, cap 30 s, full jitter (shipped)",
+            "retry_policy": "8 retries, backoff 1 s, cap 30 s, equal jitter (shipped)",
             "seconds_to_promotion": round(promoted_at - killed_at, 2),
             "tasks": len(outcomes),
             "tasks_sent_during_failover": len(during),
