@@ -37,7 +37,7 @@ variable (``AGENT_THREADS_*``); this module and the CLI are the only places that
 | AGENT_THREADS_METRICS_ADDR | 0.0.0.0 | address the metrics endpoint listens on |
 | AGENT_THREADS_LOG_FORMAT | text | worker log lines: `text` (key=value) or `json` (JSON lines) |
 | AGENT_THREADS_MAX_RETRIES | 8 | task retries of a transient error before the caller gets it |
-| AGENT_THREADS_RETRY_BACKOFF | 1 | retry delay factor (s): random between half and all of backoff*2**n, capped |
+| AGENT_THREADS_RETRY_BACKOFF | 1 | retry delay factor (s): half to all of backoff*2**n, capped |
 | AGENT_THREADS_RETRY_BACKOFF_MAX | 30 | cap of the retry delay (seconds) |
 
 Timeouts: the storage clients never wait forever. A Redis or S3 endpoint that
