@@ -312,6 +312,12 @@ class HotStore:
         archive is pruned; False, and nothing written, if it is in use."""
         return bool(self._call("tombstone", self.keys(thread_id).data, [self._marker_ttl_ms]))
 
+    def deleted_since(self, thread_id: str, created_ms: int) -> bool:
+        """Whether a delete or prune tombstoned the incarnation created at ``created_ms``."""
+        tomb = self.keys(thread_id).tomb
+        found = self._redis_call(lambda: self.redis.get(tomb))
+        return found is not None and int(found) >= created_ms
+
     def clear_tombstone(self, thread_id: str) -> None:
         """Let archives of deleted incarnations be restored again (an operator's import)."""
         tomb = self.keys(thread_id).tomb
@@ -320,13 +326,17 @@ class HotStore:
     def descends(self, thread_id: str, version: int, head: str, etag: str) -> bool:
         """Whether the archive ``(version, head, etag)`` was made from this hot copy's own
         history: it is the archive the copy knows, or a state a flush read from it
-        (``read:<version>``, see flush_read.lua). False for a copy that diverged (a
-        Redis rollback), or one that is gone."""
+        (``read:<version>``, see flush_read.lua), or the copy is gone (evicted by a
+        newer flush of it). False for a copy that diverged (a Redis rollback)."""
         meta = self.keys(thread_id).meta
         found = self._redis_call(
             lambda: self.redis.hmget(meta, "cold_etag", "version", "head", f"read:{version}")
         )
         cold_etag, current, current_head, read = (None if v is None else _text(v) for v in found)
+        if current is None:
+            # the copy is gone: a newer flush of it evicted it (its archive is this one
+            # or later) or it was deleted; there is nothing of it to keep or merge
+            return True
         if not head:  # an archive written before lineage heads: only its etag can tell
             return cold_etag == etag
         return (

@@ -345,8 +345,8 @@ class Threads:
             rebase=(hot_copy.version, hot_copy.head),
         )
         if outcome != "rebased":
-            if not self.hot.exists(thread_id):  # deleted meanwhile: no resurrection
-                if self.cold.head(thread_id) == upload.etag:
+            if self.hot.deleted_since(thread_id, merged.created_ms):
+                if self.cold.head(thread_id) == upload.etag:  # no resurrection
                     self.cold.delete(thread_id)
                 return FlushResult("absent")
             if release_owner is not None:

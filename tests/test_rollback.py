@@ -176,3 +176,32 @@ def test_a_stale_flush_of_the_same_copy_still_adopts_the_newer_archive(
     assert not isinstance(stale, BaseException), stale
     assert (stale.status, stale.size_bytes, stale.etag) == ("unchanged", 0, newer.etag)
     assert archived_ids(cold_store, "t") == ["m1", "m2", "m3"]
+
+
+def test_a_stale_flush_that_lost_to_an_evicting_flush_adopts_it_and_loses_nothing(
+    rollback: RollbackRedis, cold_store: ColdStore
+) -> None:
+    """The hot copy is gone (a newer flush of it evicted it): that is no divergence, and
+    nothing of the thread may be removed (found by the chaos soak)."""
+    from tests.test_tiered_races import GatedColdStore, run_in_thread
+
+    store = store_on(rollback, cold_store)
+    store.open("t", "new")
+    store.append("t", [msg("m1")])
+    store.flush("t", evict=False)
+    store.append("t", [msg("m2")])
+    gated = GatedColdStore(cold_store, pause_after="write_bytes_before")
+    slow = Threads(store.hot, gated)
+    flush, outcome = run_in_thread(lambda: slow.flush("t"))
+    assert gated.reached.wait(timeout=10)
+    store.append("t", [msg("m3")])
+    assert store.flush("t").evicted  # the newer flush archives and evicts
+    before = merges()
+    gated.release()
+    flush.join(timeout=30)
+    stale = outcome[0]
+    assert not isinstance(stale, BaseException), stale
+    assert stale.status == "unchanged"
+    assert merges() == before
+    assert archived_ids(cold_store, "t") == ["m1", "m2", "m3"]
+    assert [m["id"] for m in store.load("t")] == ["m1", "m2", "m3"]
