@@ -296,8 +296,12 @@ class Threads:
         its etag instead, and returned as ``Upload.merged``.
         """
         hot_copy, merged = snapshot, None
+        encoded: tuple[Snapshot, bytes] | None = None
         for _ in range(_CAS_ATTEMPTS):
-            data = encode_snapshot(snapshot, self.cold.compression, self.cold.compression_level)
+            if encoded is None or encoded[0] is not snapshot:  # once per snapshot
+                level = self.cold.compression_level
+                encoded = snapshot, encode_snapshot(snapshot, self.cold.compression, level)
+            data = encoded[1]
             try:
                 etag = self.cold.write_bytes(snapshot.thread_id, data, if_match)
                 return Upload(etag, snapshot.version, len(data), merged)
