@@ -278,7 +278,9 @@ class Threads:
             backoff_ms = int(failure_backoff_seconds * 1000)
             self.hot.activity.push_back([thread_id], now - idle_ms + backoff_ms)
             raise
-        if result.evicted or (result.status in ("absent", "unchanged") and not result.version):
+        if result.evicted:  # flush already dropped its index entry
+            return "evicted"
+        if result.status in ("absent", "unchanged") and not result.version:  # gone already
             self.hot.forget_activity(thread_id)
             return "evicted"
         self.hot.mark_active(thread_id)
