@@ -30,6 +30,8 @@ from storage.keys import KeyLayout
 from storage.results import ReconcileReport
 
 RedisCall = Callable[[Callable[[], Any], str], Any]
+_DONE = "done"
+"""A node's reconciler cursor once it finished the current pass."""
 
 
 def now_ms() -> int:
@@ -173,13 +175,24 @@ class ActivityIndex:
         if max_keys < 1:
             raise ValueError("max_keys must be >= 1")
         migrated = self._migrate_legacy(max_keys)
+        cursor_key = self.layout.activity_cursor
         nodes = self._nodes()
-        budget = max(1, math.ceil(max_keys / len(nodes)))
+        cursors = self._call(lambda: self.redis.hgetall(cursor_key), "reconcile_activity")
+        cursors = {_text(k): _text(v) for k, v in cursors.items()}
+        # A pass covers every primary: a node that finished its pass waits ("done")
+        # until all have, so nodes of different sizes still complete one pass together.
+        pending = [(name, node) for name, node in nodes if cursors.get(name) != _DONE]
+        budget = max(1, math.ceil(max_keys / max(1, len(pending))))
         scanned = reindexed = 0
-        wrapped = True
-        for name, node in nodes:
-            seen, added, done = self._reconcile_node(name, node, budget)
-            scanned, reindexed, wrapped = scanned + seen, reindexed + added, wrapped and done
+        for name, node in pending:
+            start = int(cursors.get(name) or 0)
+            seen, added, done = self._reconcile_node(name, node, start, budget)
+            scanned, reindexed = scanned + seen, reindexed + added
+            if done:
+                cursors[name] = _DONE
+        wrapped = all(cursors.get(name) == _DONE for name, _ in nodes)
+        if wrapped:  # the next run starts a new pass
+            self._call(lambda: self.redis.delete(cursor_key), "reconcile_activity")
         return ReconcileReport(scanned, reindexed, wrapped, migrated)
 
     def _nodes(self) -> list[tuple[str, Any]]:
@@ -199,12 +212,15 @@ class ActivityIndex:
             next_cursor = next(iter(next_cursor.values()))
         return int(next_cursor), list(keys)
 
-    def _reconcile_node(self, name: str, node: Any, budget: int) -> tuple[int, int, bool]:
-        """Scan one node for about ``budget`` keys; (keys scanned, re-indexed, wrapped)."""
+    def _reconcile_node(
+        self, name: str, node: Any, start: int, budget: int
+    ) -> tuple[int, int, bool]:
+        """Scan one node from cursor ``start`` for about ``budget`` keys; (keys scanned,
+        re-indexed, whether its pass is complete)."""
         cursor_key = self.layout.activity_cursor
 
         def run() -> tuple[int, int, bool]:
-            cursor = int(self.redis.hget(cursor_key, name) or 0)
+            cursor = start
             scanned = reindexed = 0
             while True:
                 count = min(1000, budget - scanned)
@@ -213,7 +229,7 @@ class ActivityIndex:
                 reindexed += self._reindex(keys)
                 if cursor == 0 or scanned >= budget:
                     break
-            self.redis.hset(cursor_key, name, cursor)
+            self.redis.hset(cursor_key, name, _DONE if cursor == 0 else cursor)
             return scanned, reindexed, cursor == 0
 
         result: tuple[int, int, bool] = self._call(run, "reconcile_activity")
