@@ -110,6 +110,13 @@ _SCRIPT_NAMES = (
     "stage",
     "restore",
     "tombstone",
+    "get",
+    "turn_submit",
+    "turn_begin",
+    "turn_heartbeat",
+    "turn_end",
+    "turn_wake",
+    "turn_note",
 )
 
 
@@ -118,6 +125,8 @@ _SCRIPT_PARTS: dict[str, tuple[str, ...]] = {
     "fork": ("_fork",),
     "fork_read": ("_fork",),
     "fork_write": ("_fork",),
+    # the turn record (storage/turns.py)
+    **{name: ("_turn",) for name in _SCRIPT_NAMES if name.startswith("turn_")},
 }
 """Shared Lua parts (``lua/_<part>.lua``) a script needs after the prelude."""
 
@@ -399,6 +408,18 @@ class HotStore:
         if not exists:
             raise ThreadNotFound(thread_id)
         return decode_records(records)
+
+    def get(self, thread_id: str, ids: Sequence[str]) -> dict[str, Message]:
+        """The records with these ids that the thread holds (id -> record), found
+        through the ledger: O(len(ids)), whatever the thread's length."""
+        for message_id in ids:
+            validate_message_id(message_id, self.limits)
+        if not ids:
+            self.info(thread_id)  # still refuse an unknown thread
+            return {}
+        reply = self._checked(thread_id, self._call("get", self.keys(thread_id).data, ids))
+        found = [(i, raw) for i, raw in zip(ids, reply[1:], strict=True) if raw]
+        return {r["id"]: r for r in decode_records([raw for _, raw in found])}
 
     def tail(self, thread_id: str, n: int) -> list[Message]:
         """The last ``n`` records."""

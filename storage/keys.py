@@ -120,6 +120,13 @@ class ThreadKeys:
         return self._key("turns")
 
     @property
+    def runs(self) -> str:
+        """HASH of the thread's turn records (storage/turns.py): turn id -> record JSON
+        (maintained by the turn scripts), ``spec:<turn id>`` -> how to re-wake it (until
+        it ends), ``#seq`` and ``#<n>`` -> the n-th submitted turn id (pruning)."""
+        return self._key("runs")
+
+    @property
     def tomb(self) -> str:
         """STRING: ms of the last delete (or prune) of this id. A restore of an
         incarnation created before then is refused, so a hydrate that read the archive
@@ -142,6 +149,7 @@ class ThreadKeys:
             self.archived,
             self.turns,
             self.tomb,
+            self.runs,
         ]
 
 
@@ -170,6 +178,19 @@ class KeyLayout:
 
     def _shard(self, index: int) -> str:
         return f"{self.namespace}:activity:{{{self.namespace}:a{index:02d}}}"
+
+    @property
+    def turn_shards(self) -> list[str]:
+        """The turn index: ZSETs ``[thread id, turn id]`` (JSON) -> when to look at the
+        turn again (ms), one per shard in its own slot; the turn reconciler reads them."""
+        return [self._turn_shard(i) for i in range(TURN_SHARDS)]
+
+    def turns_of(self, thread_id: str) -> str:
+        """The turn-index shard that lists the turns of ``thread_id``."""
+        return self._turn_shard(zlib.crc32(thread_id.encode("utf-8")) % TURN_SHARDS)
+
+    def _turn_shard(self, index: int) -> str:
+        return f"{self.namespace}:turns:{{{self.namespace}:t{index:02d}}}"
 
     @property
     def legacy_activity(self) -> str:
@@ -203,3 +224,5 @@ class KeyLayout:
 
 ACTIVITY_SHARDS = 64
 """Shards of the activity index per namespace."""
+TURN_SHARDS = 16
+"""Shards of the turn index per namespace (it holds only turns not yet ended)."""

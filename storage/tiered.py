@@ -56,6 +56,7 @@ from storage.results import (
     WriteResult,
 )
 from storage.snapshot import Snapshot, encode_snapshot
+from storage.turns import TurnStore
 
 T = TypeVar("T")
 OpenMode = Literal["new", "continue", "fork"]
@@ -111,6 +112,8 @@ class Threads:
         self.cold = cold
         self.restore_chunk = restore_chunk
         self.write_pin_ms = write_pin_ms
+        self.turns = TurnStore(hot)
+        """The turn records (``storage/turns.py``), in the hot tier beside each thread."""
 
     # -- hot <-> cold ----------------------------------------------------------
 
@@ -482,6 +485,11 @@ class Threads:
         if result.index_due:  # most appends: the index is fresh enough, one round trip
             self.hot.mark_active(thread_id)
         return result
+
+    def get(self, thread_id: str, ids: Iterable[str]) -> dict[str, Message]:
+        """``HotStore.get`` (records by id through the ledger), hydrating a cold thread."""
+        wanted = list(ids)
+        return self._hot(thread_id, lambda: self.hot.get(thread_id, wanted))
 
     def truncate_from(
         self, thread_id: str, message_id: str, *, owner: str | None = None

@@ -8,13 +8,13 @@
 --   archived (HASH version/etag/epoch of the cold archive; only while evicted),
 --   turns (HASH lease owner -> finished ms: turns that ended and may not run again),
 --   tomb (STRING ms of the last delete or prune: incarnations created up to then are
---   never restored again).
+--   never restored again), runs (HASH turn id -> turn record JSON: storage/turns.py).
 -- Scripts that need more keys take them after these (KEYS[N_DATA + 1], ...).
 -- Every script validates and reads first and writes last, so a refusal or an
 -- error leaves nothing half-written.
 local K_META, K_MSGS, K_IDS, K_STATE, K_LEASE = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local K_ARCHIVED, K_TURNS, K_TOMB = KEYS[6], KEYS[7], KEYS[8]
-local N_DATA = 8
+local K_ARCHIVED, K_TURNS, K_TOMB, K_RUNS = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local N_DATA = 9
 local CHUNK = 500 -- values per variadic command; well under Lua's unpack limit
 
 local function now_ms()
@@ -27,7 +27,7 @@ end
 -- a cold tier archives this store, so the TTL (-ttl_ms) runs only while the hot copy
 -- equals its archive; a thread ahead of its archive never expires. 0: never expire.
 local function touch(ttl_ms)
-  local keys = {K_META, K_MSGS, K_IDS, K_STATE, K_TURNS}
+  local keys = {K_META, K_MSGS, K_IDS, K_STATE, K_TURNS, K_RUNS}
   if ttl_ms < 0 then
     local v = redis.call('HMGET', K_META, 'version', 'cold_version')
     if v[1] ~= v[2] then

@@ -6,7 +6,7 @@
 -- archive). Returns 1 if the thread existed hot, else 0.
 local existed = redis.call('EXISTS', K_META)
 local known = existed == 1 or redis.call('EXISTS', K_ARCHIVED) == 1 or ARGV[2] == '1'
-redis.call('DEL', K_META, K_MSGS, K_IDS, K_STATE, K_LEASE, K_ARCHIVED, K_TURNS)
+redis.call('DEL', K_META, K_MSGS, K_IDS, K_STATE, K_LEASE, K_ARCHIVED, K_TURNS, K_RUNS)
 if tonumber(ARGV[1]) > 0 and known then
   redis.call('SET', K_TOMB, now_ms(), 'PX', tonumber(ARGV[1]))
 end

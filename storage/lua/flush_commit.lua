@@ -55,6 +55,7 @@ if evicting then
   -- uploaded was read before this call marked release_owner, and a late duplicate
   -- of that turn must still find it finished after a restore (restore.lua keeps them).
   redis.call('PEXPIRE', K_TURNS, marker_ttl)
+  redis.call('PEXPIRE', K_RUNS, marker_ttl) -- turn records stay queryable as long
   return {'evicted', version}
 end
 touch(ttl)
