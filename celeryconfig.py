@@ -20,7 +20,9 @@ variable (``AGENT_THREADS_*``); this module and the CLI are the only places that
 | AGENT_THREADS_S3_MAX_ATTEMPTS | 3 | boto3's own attempts per S3 call, the first one included |
 | AGENT_THREADS_NAMESPACE | at | hot-tier key prefix (one per tenant/app) |
 | AGENT_THREADS_TTL_SECONDS | 86400 | hot-tier expiry, refreshed on every write |
-| AGENT_THREADS_LEASE_TTL_MS | 900000 | how long one agent turn may hold a thread |
+| AGENT_THREADS_LEASE_TTL_MS | 20000 | a turn's lease and step claim, renewed while a step runs |
+| AGENT_THREADS_HEARTBEAT_MS | 5000 | how often a running step renews them |
+| AGENT_THREADS_TURN_RECONCILE_EVERY | 5 | beat period of threads.reconcile_turns (seconds) |
 | AGENT_THREADS_IDLE_SECONDS | 1800 | flush_idle archives threads idle this long |
 | AGENT_THREADS_FLUSH_IDLE_EVERY | 60 | beat period of threads.flush_idle (seconds) |
 | AGENT_THREADS_IDLE_FLUSH_LIMIT | 10000 | threads one flush_idle run claims and fans out |
@@ -111,6 +113,10 @@ beat_schedule = {
         "task": "threads.flush_idle",
         "schedule": float(_env("FLUSH_IDLE_EVERY", "60")),
     },
+    "reconcile-turns": {
+        "task": "threads.reconcile_turns",
+        "schedule": float(_env("TURN_RECONCILE_EVERY", "5")),
+    },
     "reconcile-activity-index": {
         "task": "threads.reconcile_activity",
         "schedule": float(_env("RECONCILE_EVERY", "60")),
@@ -127,7 +133,11 @@ agent_threads = {
     "s3_sse_kms_key_id": _env("S3_SSE_KMS_KEY_ID", "") or None,
     "namespace": _env("NAMESPACE", "at"),
     "ttl_seconds": int(_env("TTL_SECONDS", str(24 * 3600))),
-    "lease_ttl_ms": int(_env("LEASE_TTL_MS", str(15 * 60 * 1000))),
+    # a turn's lease and the claim of its running step: renewed every heartbeat_ms by
+    # the worker running the step, so a dead worker's turn is re-woken within a lease
+    "lease_ttl_ms": int(_env("LEASE_TTL_MS", "20000")),
+    "heartbeat_ms": int(_env("HEARTBEAT_MS", "5000")),
+    "turn_reconcile_limit": 100,  # due turns per index shard per reconcile run
     "idle_seconds": int(_env("IDLE_SECONDS", str(30 * 60))),
     "idle_flush_limit": int(_env("IDLE_FLUSH_LIMIT", "10000")),
     "idle_flush_batch": int(_env("IDLE_FLUSH_BATCH", "100")),

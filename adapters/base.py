@@ -11,12 +11,14 @@ rest lives here once. No Celery and no SDK is imported in this module.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from storage.errors import AgentThreadsError
 from storage.records import JSON, Message
 from storage.tiered import Threads
+from storage.turns import StepSuperseded, current_step
 
 IntegrityPolicy = Literal["error", "repair", "truncate"]
 SYSTEM_ID = "system"
@@ -39,10 +41,58 @@ class DanglingToolCall(AgentThreadsError):
         )
 
 
-def reply_id(turn_id: str) -> str:
-    """The id of a turn's assistant reply: derived from the turn, so a re-run of the
-    turn finds its reply instead of appending a second one."""
-    return f"{turn_id}:assistant"
+InterruptedPolicy = Literal["rerun", "error"]
+DEFAULT_MAX_STEPS = 16
+"""Model calls one agent loop may make (``run_turn``'s ``max_steps``)."""
+
+
+def reply_id(turn_id: str, step: int = 0) -> str:
+    """The id of the assistant message of model call ``step`` (0, 1, ...) of a turn:
+    derived from the turn, so a re-run of the turn finds its replies instead of
+    appending second ones (and calls no model for them)."""
+    return f"{turn_id}:{step}:assistant"
+
+
+def tool_result_id(turn_id: str, call_id: str) -> str:
+    """The id of the result of one tool call of a turn (keyed by the tool call id)."""
+    return f"{turn_id}:tool:{call_id}"
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One tool call a model reply makes."""
+
+    id: str
+    name: str
+    args: Any
+
+
+class TooManySteps(AgentThreadsError):
+    """An agent loop made ``max_steps`` model calls without a final answer."""
+
+    def __init__(self, thread_id: str, turn_id: str, max_steps: int) -> None:
+        super().__init__(thread_id, turn_id, max_steps)
+        self.thread_id, self.turn_id, self.max_steps = thread_id, turn_id, max_steps
+
+    def __str__(self) -> str:
+        return (
+            f"turn {self.turn_id!r} of thread {self.thread_id!r} made {self.max_steps} model "
+            "calls without a final answer; raise max_steps or check the tools"
+        )
+
+
+@dataclass(frozen=True)
+class AgentReply:
+    """The end of an agent loop: the final reply's id and body, and the model calls
+    the turn made (stored or not)."""
+
+    reply_id: str
+    body: JSON
+    model_calls: int
+
+
+Tools = Mapping[str, Callable[..., Any]]
+"""Tool name -> the function that runs it (called with the call's arguments)."""
 
 
 class Adapter(ABC):
@@ -97,6 +147,16 @@ class Adapter(ABC):
     @abstractmethod
     def build_request(self, records: Sequence[Message], **options: Any) -> dict[str, Any]:
         """The provider request payload for this (integrity-checked) history."""
+
+    def tool_calls(self, body: JSON) -> list[ToolCall]:
+        """The tool calls a body makes, with their names and arguments (the agent loop
+        runs them). Each provider adapter implements it."""
+        raise NotImplementedError(f"the {self.name} adapter does not list tool calls")
+
+    def usage(self, message: Any) -> dict[str, Any] | None:
+        """Token usage a model reply (the SDK's message) reports: ``input_tokens``,
+        ``output_tokens`` and ``model`` when known; None if it reports none."""
+        return None
 
     # -- thread helpers (idempotent: every write carries a caller-chosen id) ----------
 
@@ -200,7 +260,7 @@ class Adapter(ABC):
         )
         return self.build_request(records, **options)
 
-    # -- the model turn -----------------------------------------------------------
+    # -- the model turn: a resumable agent loop -----------------------------------
 
     def run_turn(
         self,
@@ -208,25 +268,134 @@ class Adapter(ABC):
         turn_id: str,
         call_model: Callable[[dict[str, Any]], Any],
         *,
+        tool_handlers: Tools | None = None,
+        max_steps: int = DEFAULT_MAX_STEPS,
+        on_interrupted: InterruptedPolicy = "rerun",
         rewind: bool = False,
         **options: Any,
     ) -> JSON:
-        """One model call whose reply is appended exactly once.
+        """``run_agent``, returning only the final reply's body."""
+        return self.run_agent(
+            thread_id,
+            turn_id,
+            call_model,
+            tool_handlers=tool_handlers,
+            max_steps=max_steps,
+            on_interrupted=on_interrupted,
+            rewind=rewind,
+            **options,
+        ).body
 
-        ``call_model(request)`` returns the SDK's assistant message. If the turn's
-        reply is already stored (a redelivered or retried task), it is returned
-        without calling the model; ``rewind=True`` instead drops it (and anything
-        after it) and calls again, only while the turn holds the lease
-        (``LeaseLost`` otherwise, with nothing cut).
+    def run_agent(
+        self,
+        thread_id: str,
+        turn_id: str,
+        call_model: Callable[[dict[str, Any]], Any],
+        *,
+        tool_handlers: Tools | None = None,
+        max_steps: int = DEFAULT_MAX_STEPS,
+        on_interrupted: InterruptedPolicy = "rerun",
+        rewind: bool = False,
+        **options: Any,
+    ) -> AgentReply:
+        """A turn's agent loop, model -> tool calls -> tool results -> model ... -> the
+        final answer, every step stored once; returns the last reply's body.
+
+        Model call ``n`` stores its reply as ``reply_id(turn_id, n)``; each tool call
+        of a reply runs through ``run_tool`` (at most once per tool call id, its
+        result stored before the next model call). A resumed turn (a redelivered or
+        re-woken task) continues from its last stored step: no model is called for a
+        reply that is stored and no tool runs again whose result is stored. Without
+        ``tool_handlers`` (tool name -> function) the loop stops at the first reply
+        (tool calls included: the caller runs them). ``rewind=True`` drops the turn's
+        first stored reply and everything after it and calls the model again, only
+        while the turn holds the lease.
+        ``call_model(request)`` returns the SDK's assistant message; the usage it
+        reports (``usage``) is added to the turn record.
         """
-        rid = reply_id(turn_id)
-        records = self.threads.load(thread_id)
-        stored = next((r for r in records if r["id"] == rid), None)
+        for step in range(max_steps):
+            body = self._model_step(thread_id, turn_id, step, call_model, rewind, options)
+            rewind = False
+            calls = self.tool_calls(body) if tool_handlers is not None else []
+            if not calls:
+                return AgentReply(reply_id(turn_id, step), body, step + 1)
+            for call in calls:
+                self.run_tool(thread_id, turn_id, call, tool_handlers or {}, on_interrupted)
+        raise TooManySteps(thread_id, turn_id, max_steps)
+
+    def _model_step(
+        self,
+        thread_id: str,
+        turn_id: str,
+        step: int,
+        call_model: Callable[[dict[str, Any]], Any],
+        rewind: bool,
+        options: Mapping[str, Any],
+    ) -> JSON:
+        rid = reply_id(turn_id, step)
+        stored = self.threads.get(thread_id, [rid]).get(rid)
         if stored is not None and not rewind:
             return stored["body"]
         if stored is not None:
             self.threads.truncate_from(thread_id, rid, owner=turn_id)
-        request = self.prepare(thread_id, **options)
-        body = self.to_body(call_model(request))
+        message = call_model(self.prepare(thread_id, **options))
+        usage = self.usage(message)
+        if usage:
+            self.threads.turns.note_usage(thread_id, turn_id, str(step), usage)
+        body = self.to_body(message)
+        result = self.threads.append(thread_id, [{"id": rid, "body": body}], owner=turn_id)
+        if not result.appended_ids:  # a concurrent run stored it first: that one counts
+            return self.threads.get(thread_id, [rid])[rid]["body"]
+        return body
+
+    def run_tool(
+        self,
+        thread_id: str,
+        turn_id: str,
+        call: ToolCall,
+        handlers: Tools,
+        on_interrupted: InterruptedPolicy = "rerun",
+    ) -> JSON:
+        """Run one tool call at most once per tool call id and store its result
+        (``tool_result_id``) before returning it; a stored result is returned as is.
+
+        While a turn step runs (``storage.turns.current_step``) the execution must
+        hold the step's claim, so two live executions never both run a tool. If an
+        earlier execution began this call and died before storing its result, the
+        call runs again (``on_interrupted="rerun"``: the record counts its runs) or is
+        answered with an error result saying so (``"error"``: for tools whose side
+        effects must not happen twice). An unknown tool or a tool that raises gets an
+        error result, which the model sees."""
+        rid = tool_result_id(turn_id, call.id)
+        stored = self.threads.get(thread_id, [rid]).get(rid)
+        if stored is not None:
+            return stored["body"]
+        run = current_step()
+        token = run.token if run is not None and run.turn_id == turn_id else ""
+        if run is not None and not run.alive:
+            raise StepSuperseded(f"turn {turn_id!r}: not running tool call {call.id!r}")
+        runs = self.threads.turns.tool_begin(thread_id, turn_id, call.id, token=token)
+        if runs is None:
+            raise StepSuperseded(f"turn {turn_id!r}: not running tool call {call.id!r}")
+        function = handlers.get(call.name)
+        if runs > 1 and on_interrupted == "error":
+            body = self.tool_result_body(
+                call.id,
+                f"tool call {call.id} ({call.name}) was interrupted and was not run again",
+                is_error=True,
+            )
+        elif function is None:
+            body = self.tool_result_body(call.id, f"unknown tool {call.name!r}", is_error=True)
+        else:
+            try:
+                output = (
+                    function(**call.args) if isinstance(call.args, dict) else function(call.args)
+                )
+                body = self.tool_result_body(call.id, output)
+            except StepSuperseded:
+                raise
+            except Exception as exc:  # the model sees the failure and may recover
+                body = self.tool_result_body(call.id, f"{type(exc).__name__}: {exc}", is_error=True)
         self.threads.append(thread_id, [{"id": rid, "body": body}], owner=turn_id)
+        self.threads.turns.tool_end(thread_id, turn_id, call.id)
         return body

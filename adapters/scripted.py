@@ -8,8 +8,11 @@ body answers one call with ``"tool_call_id"`` (and ``"is_error"``).
 ``ScriptedModel(script)`` answers a request from its script: the n-th reply of a
 thread is ``script[n % len(script)]`` where n counts the assistant messages the
 history already holds, so the same history always gets the same answer. A script
-entry is a text (``{user}`` is replaced by the last user message) or
-``{"tool_call": {"name": ..., "args": {...}}}`` to emit a tool call.
+entry is a text (``{user}`` is replaced by the last user message),
+``{"tool_call": {"name": ..., "args": {...}}}`` to emit a tool call, or
+``{"tool_calls": [{"name": ..., "args": {...}}, ...]}`` for several at once. A
+``{tool}`` in a text is replaced by the content of the last tool result. Every
+reply reports usage: words in (the request) and out (the reply) as tokens.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.base import Adapter
+from adapters.base import Adapter, ToolCall
 from storage.records import JSON, Message
 
 
@@ -44,6 +47,18 @@ class ScriptedAdapter(Adapter):
     def tool_call_ids(self, body: JSON) -> list[str]:
         calls = _body(body).get("tool_calls") or []
         return [str(call["id"]) for call in calls if isinstance(call, dict)]
+
+    def tool_calls(self, body: JSON) -> list[ToolCall]:
+        calls = _body(body).get("tool_calls") or []
+        return [
+            ToolCall(str(c["id"]), str(c.get("name", "")), c.get("args", {}))
+            for c in calls
+            if isinstance(c, dict)
+        ]
+
+    def usage(self, message: Any) -> dict[str, Any] | None:
+        usage = message.get("usage") if isinstance(message, dict) else None
+        return dict(usage) if isinstance(usage, dict) else None
 
     def tool_result_ids(self, body: JSON) -> list[str]:
         call_id = _body(body).get("tool_call_id")
@@ -80,17 +95,34 @@ class ScriptedModel:
         last_user = next(
             (m.get("content") for m in reversed(history) if m.get("role") == "user"), ""
         )
+        last_tool = next(
+            (m.get("content") for m in reversed(history) if m.get("role") == "tool"), ""
+        )
         entry = self.script[answered % len(self.script)]
-        if isinstance(entry, dict) and "tool_call" in entry:
-            call = entry["tool_call"]
-            return {
-                "role": "assistant",
-                "content": "",
-                "tool_calls": [
-                    {"id": f"call-{answered}", "name": call["name"], "args": call.get("args", {})}
-                ],
-            }
-        return {"role": "assistant", "content": str(entry).format(user=last_user)}
+        reply: dict[str, Any]
+        if isinstance(entry, dict) and ("tool_call" in entry or "tool_calls" in entry):
+            wanted = entry.get("tool_calls") or [entry["tool_call"]]
+            ids = (
+                [f"call-{answered}"]
+                if len(wanted) == 1
+                else [f"call-{answered}-{k}" for k in range(len(wanted))]
+            )
+            calls = [
+                {"id": i, "name": c["name"], "args": c.get("args", {})}
+                for i, c in zip(ids, wanted, strict=True)
+            ]
+            reply = {"role": "assistant", "content": "", "tool_calls": calls}
+        else:
+            text = str(entry).format(user=last_user, tool=last_tool)
+            reply = {"role": "assistant", "content": text}
+        words_in = sum(len(str(m.get("content", "")).split()) for m in history)
+        words_out = len(str(reply["content"]).split()) + 8 * len(reply.get("tool_calls", []))
+        reply["usage"] = {
+            "model": "scripted",
+            "input_tokens": words_in,
+            "output_tokens": words_out,
+        }
+        return reply
 
     def reply(self, history: Sequence[Message]) -> str:
         """The text of the next reply for stored ``history`` (plain bodies)."""

@@ -16,6 +16,7 @@ from storage.errors import (
     SnapshotCorrupt,
     ThreadExists,
     ThreadNotFound,
+    TurnFailed,
     VersionConflict,
 )
 from storage.hot import HotStore
@@ -56,6 +57,7 @@ __all__ = [
     "ThreadKeys",
     "ThreadNotFound",
     "TruncateResult",
+    "TurnFailed",
     "VersionConflict",
     "WriteResult",
     "validate_message_id",

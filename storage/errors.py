@@ -85,6 +85,24 @@ class LeaseLost(AgentThreadsError):
         )
 
 
+class TurnFailed(AgentThreadsError):
+    """An agent turn ended as failed; ``error_type`` and ``message`` are the typed
+    error of the step that failed (from the turn record)."""
+
+    def __init__(self, thread_id: str, turn_id: str, error_type: str, message: str) -> None:
+        super().__init__(thread_id, turn_id, error_type, message)
+        self.thread_id = thread_id
+        self.turn_id = turn_id
+        self.error_type = error_type
+        self.message = message
+
+    def __str__(self) -> str:
+        return (
+            f"turn {self.turn_id!r} of thread {self.thread_id!r} failed: "
+            f"{self.error_type}: {self.message}"
+        )
+
+
 class VersionConflict(AgentThreadsError):
     """A conditional write (``expected_version``) found the thread at another version:
     something changed it since the caller read it; nothing was written."""

@@ -19,12 +19,15 @@ reconciler and a slow worker that is still alive, can never both win.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage.errors import InvalidMessage
+from storage.errors import AgentThreadsError, InvalidMessage
 from storage.hot import HotStore, _text
 from storage.keys import validate_message_id, validate_thread_id
 from storage.records import JSON
@@ -280,11 +283,12 @@ class TurnStore:
         worker: str,
         task_id: str,
         lease_ms: int,
+        held_wait_ms: int = 60_000,
     ) -> Begin:
-        """Claim ``step`` for the execution ``token`` (see ``Begin.outcome``)."""
-        reply = self._run(
-            "turn_begin", thread_id, [turn_id, step, token, worker, task_id, int(lease_ms)]
-        )
+        """Claim ``step`` for the execution ``token`` (see ``Begin.outcome``). A turn
+        that finds another turn's lease is not re-woken for ``held_wait_ms``."""
+        args = [turn_id, step, token, worker, task_id, int(lease_ms), int(held_wait_ms)]
+        reply = self._run("turn_begin", thread_id, args)
         outcome = _text(reply[0])
         if outcome == "ok":
             record = json.loads(reply[1])
@@ -403,3 +407,47 @@ class TurnStore:
     def pending(self) -> int:
         """Turns in the index (not ended, or ended and not yet dropped)."""
         return sum(int(self._redis(self.hot.redis.zcard, s)) for s in self.hot.layout.turn_shards)
+
+
+# -- the running step (set by the worker, read by the tool helper on Adapter) -------
+
+
+class StepSuperseded(AgentThreadsError):
+    """This execution's claim on a turn step was taken over (its heartbeat was seen as
+    stopped): another execution continues the turn, this one must stop."""
+
+
+@dataclass
+class StepRun:
+    """One execution of one step of a turn, while it runs (``current_step()``)."""
+
+    turns: TurnStore
+    thread_id: str
+    turn_id: str
+    step: int | str
+    token: str
+    lease_ms: int
+    superseded: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def alive(self) -> bool:
+        """False once another execution took the claim over (stop doing side effects)."""
+        return not self.superseded.is_set()
+
+
+_current: ContextVar[StepRun | None] = ContextVar("agent_threads_step", default=None)
+
+
+def current_step() -> StepRun | None:
+    """The turn step this thread of execution runs, if any."""
+    return _current.get()
+
+
+@contextlib.contextmanager
+def step_context(run: StepRun) -> Iterator[StepRun]:
+    """Make ``run`` the current step for the block."""
+    reset = _current.set(run)
+    try:
+        yield run
+    finally:
+        _current.reset(reset)

@@ -37,6 +37,7 @@ from storage.errors import (
 )
 from storage.tiered import Threads
 from tasks import app as app_module
+from tasks.steps import run_step, step_of
 
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     HotStoreUnavailable,
@@ -97,6 +98,22 @@ class ThreadTask(Task[Any, Any]):
         if isinstance(exc, _OUTAGES) and limit is not None and used >= limit:
             exc = type(exc)(f"{exc} (gave up after {used} retries)")
         return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """A step of an ``agent_turn`` runs as the holder of its claim in the turn
+        record, with a heartbeat (``tasks/steps.py``); any other call runs as is."""
+        step = step_of(self.request)
+        if step is None:
+            return super().__call__(*args, **kwargs)
+        # the worker's tracer has pushed this request; run the body inside it
+        return run_step(
+            self,
+            self.threads,
+            step,
+            lambda: self.run(*args, **kwargs),
+            kwargs,
+            app_module.settings(),
+        )
 
     @property
     def threads(self) -> Threads:

@@ -16,13 +16,21 @@ from celery import Celery
 
 def client_app(name: str, env: Mapping[str, str], queues: Sequence[str]) -> Celery:
     """A Celery app for a producer in another process than the workers started with
-    ``env`` and ``queues``: their broker and results, ``threads.*`` routed to the
-    first queue and every other task to the last."""
+    ``env`` and ``queues``: their broker, results and hot tier (the turn records),
+    ``threads.*`` routed to the first queue and every other task to the last."""
     app = Celery(name)
     app.config_from_object("celeryconfig")
+    hot: dict[str, Any] = {
+        key: env[f"AGENT_THREADS_{key.upper()}"]
+        for key in ("redis_url", "namespace")
+        if f"AGENT_THREADS_{key.upper()}" in env
+    }
+    if "AGENT_THREADS_REDIS_CLUSTER" in env:
+        hot["redis_cluster"] = env["AGENT_THREADS_REDIS_CLUSTER"].lower() in ("1", "true", "yes")
     app.conf.update(
         broker_url=env["AGENT_THREADS_BROKER_URL"],
         result_backend=env["AGENT_THREADS_RESULT_BACKEND"],
+        agent_threads={**app.conf.agent_threads, **hot},  # where the turn records are
         task_routes={"threads.*": {"queue": queues[0]}},
         task_default_queue=queues[-1],
     )

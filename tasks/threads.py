@@ -15,6 +15,7 @@ from celery.utils.log import get_task_logger
 from storage.records import JSON
 from tasks.app import app, settings
 from tasks.base import ThreadTask, to_json
+from tasks.turns import turn_canvas
 
 log = get_task_logger(__name__)
 
@@ -173,3 +174,30 @@ def reconcile_activity(self: ThreadTask, max_keys: int | None = None) -> JSON:
         )
     summary: JSON = to_json(report)
     return summary
+
+
+@thread_task("threads.reconcile_turns")
+def reconcile_turns(self: ThreadTask, limit_per_shard: int | None = None) -> JSON:
+    """Beat task: re-wake the turns whose step stopped (its worker's heartbeat ended,
+    its message was lost, it was never started): each is sent again from the step
+    that did not finish. Atomic per turn (``TurnStore.reconcile``): two runs at once,
+    or a run racing a slow but living worker, never wake a turn twice."""
+    most = (
+        settings().get("turn_reconcile_limit", 100) if limit_per_shard is None else limit_per_shard
+    )
+    report = self.threads.turns.reconcile(limit_per_shard=most)
+    for wake in report.woken:
+        log.warning(
+            "reconcile_turns: re-waking turn %s of thread %s at step %s (wake %d)",
+            wake.turn_id,
+            wake.thread_id,
+            wake.step,
+            wake.status.wakes,
+        )
+        turn_canvas(wake.spec, wake.step, app).apply_async()
+    return {
+        "due": report.due,
+        "woken": [[w.thread_id, w.turn_id, w.step] for w in report.woken],
+        "later": report.later,
+        "gone": report.gone,
+    }

@@ -1,23 +1,26 @@
-"""agent_turn(): the canvas around one agent turn.
+"""agent_turn(): the canvas around one agent turn, and the turn's durable record.
 
-    open (threads.create | threads.hydrate | threads.fork)
-      -> threads.acquire_lease(owner=turn_id)      waits (retries) while another turn runs
-      -> threads.append(new_messages, owner=turn_id)
-      -> run(thread_id=..., turn_id=...)           the user's agent task
-      -> threads.flush(evict=True, release_owner=turn_id)
+    0 open (threads.create | threads.hydrate | threads.fork)
+    1 threads.acquire_lease(owner=turn_id)      waits (retries) while another turn runs
+    2 threads.append(new_messages, owner=turn_id)
+    3 run(thread_id=..., turn_id=...)           the user's agent task (a ThreadTask)
+    4 threads.flush(evict=True, release_owner=turn_id)
 
-Every step is idempotent and retried by its own policy, and a step whose worker
-dies is delivered again; the chain then goes on from there. The turn id is the
-lease owner, so a redelivered turn re-acquires its own lease, and it is the
-seed of the ids the agent gives its replies, so a re-run never doubles one.
+The truth about a turn is its record in the thread's slot (``storage/turns.py``);
+Celery messages only wake steps. Each step carries the turn id and its number in
+its headers, claims the step in the record before it runs and keeps a heartbeat
+while it runs (``tasks/steps.py``), so a duplicate delivery of a step that runs
+elsewhere does nothing and a step of any length keeps its lease. The record keeps
+the turn's *spec* (this module's plan of the canvas) until it ends: the turn
+reconciler (``threads.reconcile_turns``, on the beat) rebuilds the canvas from the
+step that did not finish when a worker's heartbeat stopped or a message was lost,
+and a fire-and-forget turn needs no waiting client to finish.
 
 If a step after the lease fails for good (``run`` exhausts its retries, or the
-lease was lost), an error callback on *that step* flushes the thread and
-releases the lease, and the caller's result raises the original error (Celery
-marks the rest of the chain failed with it). The callback is idempotent, so the
-duplicate errback calls Celery makes for some canvases are harmless; and if a
-worker dies before any callback runs, the lease still expires (``lease_ttl_ms``)
-and the beat's ``threads.flush_idle`` archives the thread later.
+lease was lost), its error callback, the *cleanup* step, flushes the thread and
+releases the lease; the record says "failed" with the typed error. The turn id is
+the lease owner and the seed of the ids of everything the agent appends, so a
+re-run never doubles a message.
 """
 
 from __future__ import annotations
@@ -25,14 +28,151 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from celery import Celery, Signature, chain
+from celery import Celery, Signature, Task, chain
 
 from storage.keys import validate_message_id, validate_thread_id
 from storage.records import encode_batch
 from tasks.app import app as default_app
 from tasks.logs import TURN_HEADER
+from tasks.steps import CLEANUP, SPEC_HEADER, STEP_HEADER
 
 Mode = Literal["new", "continue", "fork"]
+OPENING = {"new": "threads.create", "continue": "threads.hydrate", "fork": "threads.fork"}
+
+
+def plan_turn(
+    thread_id: str,
+    new_messages: Iterable[Mapping[str, Any]],
+    run: Signature[Any],
+    *,
+    turn_id: str,
+    mode: Mode = "continue",
+    source: str | None = None,
+    up_to_id: str | None = None,
+    state: Mapping[str, Any] | None = None,
+    lease_ttl_ms: int | None = None,
+    app: Celery | None = None,
+) -> dict[str, Any]:
+    """The spec of one turn (JSON): everything needed to build its canvas from any
+    step, with each step's queue resolved by the caller's routing. Validates the
+    input, so a malformed message fails before anything is sent or recorded."""
+    validate_thread_id(thread_id)
+    validate_message_id(turn_id, what="turn id")
+    messages = [dict(m) for m in new_messages]
+    encode_batch(messages)
+    if mode not in OPENING:
+        raise ValueError(f"unknown mode {mode!r}: use 'new', 'continue' or 'fork'")
+    if mode == "fork":
+        if source is None:
+            raise ValueError("mode='fork' needs source=<thread id to fork from>")
+        validate_thread_id(source)
+    if not run.task:
+        raise ValueError("run must be a signature of a task, e.g. my_agent.s()")
+    celery = app or run.app or default_app
+    agent = celery.tasks.get(run.task)
+    if isinstance(agent, Task) and not _is_thread_task(agent):
+        raise ValueError(
+            f"the agent task {run.task!r} must use base=tasks.base.ThreadTask: its "
+            "steps claim the turn record and renew the turn's lease while they run"
+        )
+
+    def queue_of(name: str) -> str:
+        # Steps are sent by the worker that ran the previous step (or the reconciler),
+        # with that worker's routing; pin each to the queue the caller routes it to.
+        route = celery.amqp.router.route({}, name)
+        return str(route["queue"].name)
+
+    names = [OPENING[mode], "threads.acquire_lease", "threads.append", "threads.flush"]
+    return {
+        "thread_id": thread_id,
+        "turn_id": turn_id,
+        "mode": mode,
+        "source": source,
+        "up_to_id": up_to_id,
+        "state": dict(state) if state is not None else None,
+        "messages": messages,
+        "lease_ttl_ms": lease_ttl_ms,
+        "run": {
+            "task": run.task,
+            "args": list(run.args),
+            "kwargs": dict(run.kwargs),
+            "options": {k: v for k, v in run.options.items() if k != "headers"},
+        },
+        "queues": {name: queue_of(name) for name in [*names, run.task]},
+        "steps": [OPENING[mode], "acquire_lease", "append", f"run:{run.task}", "flush"],
+    }
+
+
+def _is_thread_task(task: Task[Any, Any]) -> bool:
+    from tasks.base import ThreadTask
+
+    return isinstance(task, ThreadTask)
+
+
+def turn_canvas(spec: Mapping[str, Any], start: int | str = 0, app: Celery | None = None) -> Any:
+    """The canvas of a planned turn from step ``start`` on (``CLEANUP``: only the
+    cleanup flush of a failing turn); call ``.apply_async()`` on it."""
+    celery = app or default_app
+    thread_id, turn_id = spec["thread_id"], spec["turn_id"]
+    queues: Mapping[str, str] = spec["queues"]
+
+    def step(index: int | str, name: str, **kwargs: Any) -> Signature[Any]:
+        headers: dict[str, Any] = {TURN_HEADER: turn_id, STEP_HEADER: index}
+        if index == 0:
+            headers[SPEC_HEADER] = dict(spec)  # a turn no client recorded records itself
+        return celery.signature(
+            name, kwargs=kwargs, immutable=True, queue=queues[name], headers=headers
+        )
+
+    finish = {"thread_id": thread_id, "evict": True, "release_owner": turn_id}
+    cleanup = step(CLEANUP, "threads.flush", **finish)
+    if start == CLEANUP:
+        return cleanup
+    mode = spec["mode"]
+    if mode == "new":
+        opening = step(0, "threads.create", thread_id=thread_id, state=spec["state"], owner=turn_id)
+    elif mode == "fork":
+        opening = step(
+            0,
+            "threads.fork",
+            source_id=spec["source"],
+            thread_id=thread_id,
+            up_to_id=spec["up_to_id"],
+        )
+    else:
+        opening = step(0, "threads.hydrate", thread_id=thread_id)
+    run = spec["run"]
+    agent = celery.signature(
+        run["task"],
+        args=run["args"],
+        kwargs={**run["kwargs"], "thread_id": thread_id, "turn_id": turn_id},
+        options={
+            "queue": queues[run["task"]],
+            **run["options"],
+            "headers": {TURN_HEADER: turn_id, STEP_HEADER: 3},
+        },
+        immutable=True,
+    )
+    append = step(
+        2, "threads.append", thread_id=thread_id, messages=spec["messages"], owner=turn_id
+    )
+    for fallible in (append, agent):
+        fallible.on_error(cleanup)
+    steps = [
+        opening,
+        step(
+            1,
+            "threads.acquire_lease",
+            thread_id=thread_id,
+            owner=turn_id,
+            ttl_ms=spec["lease_ttl_ms"],
+        ),
+        append,
+        agent,
+        step(4, "threads.flush", **finish),
+    ]
+    rest = steps[int(start) :]
+    return rest[0] if len(rest) == 1 else chain(*rest)
 
 
 def agent_turn(
@@ -47,65 +187,25 @@ def agent_turn(
     state: Mapping[str, Any] | None = None,
     lease_ttl_ms: int | None = None,
     app: Celery | None = None,
-) -> Signature[Any]:
-    """The canvas of one agent turn; call ``.apply_async()`` (or ``.delay()``) on it.
+) -> Any:
+    """The canvas of one agent turn; call ``.apply_async()`` (or ``.delay()``) on it,
+    or better ``ThreadClient.turn``, which records the turn before sending it (so a
+    turn whose first message is lost is still re-woken).
 
-    ``run`` is a signature of your agent task; it is called with the extra
-    keyword arguments ``thread_id`` and ``turn_id``. ``turn_id`` must be unique
-    per turn and stable across retries (e.g. the request id that started it).
-    Input is validated here, so a malformed message fails before anything is sent.
+    ``run`` is a signature of your agent task (a ``ThreadTask``); it is called with
+    the extra keyword arguments ``thread_id`` and ``turn_id``. ``turn_id`` must be
+    unique per turn and stable across retries (e.g. the request id that started it).
     """
-    validate_thread_id(thread_id)
-    validate_message_id(turn_id, what="turn id")
-    messages = [dict(m) for m in new_messages]
-    encode_batch(messages)
-    celery = app or run.app or default_app
-
-    def queue_of(name: str) -> str:
-        # Chain steps are sent by the worker that ran the previous step, with that
-        # worker's routing; pin each step to the queue the caller's app routes it to.
-        route = celery.amqp.router.route({}, name)
-        return str(route["queue"].name)
-
-    def step(name: str, **kwargs: Any) -> Signature[Any]:
-        # the turn-id header puts the turn on every log line of the step (tasks/logs.py)
-        return celery.signature(
-            name,
-            kwargs=kwargs,
-            immutable=True,
-            queue=queue_of(name),
-            headers={TURN_HEADER: turn_id},
-        )
-
-    if mode == "new":
-        opening = step("threads.create", thread_id=thread_id, state=state, owner=turn_id)
-    elif mode == "continue":
-        opening = step("threads.hydrate", thread_id=thread_id)
-    elif mode == "fork":
-        if source is None:
-            raise ValueError("mode='fork' needs source=<thread id to fork from>")
-        validate_thread_id(source)
-        opening = step("threads.fork", source_id=source, thread_id=thread_id, up_to_id=up_to_id)
-    else:
-        raise ValueError(f"unknown mode {mode!r}: use 'new', 'continue' or 'fork'")
-
-    if not run.task:
-        raise ValueError("run must be a signature of a task, e.g. my_agent.s()")
-    finish = {"thread_id": thread_id, "evict": True, "release_owner": turn_id}
-    agent = celery.signature(
-        run.task,
-        args=run.args,
-        kwargs={**run.kwargs, "thread_id": thread_id, "turn_id": turn_id},
-        options={"queue": queue_of(run.task), **run.options},
-        immutable=True,
+    spec = plan_turn(
+        thread_id,
+        new_messages,
+        run,
+        turn_id=turn_id,
+        mode=mode,
+        source=source,
+        up_to_id=up_to_id,
+        state=state,
+        lease_ttl_ms=lease_ttl_ms,
+        app=app,
     )
-    append = step("threads.append", thread_id=thread_id, messages=messages, owner=turn_id)
-    for fallible in (append, agent):
-        fallible.on_error(step("threads.flush", **finish))
-    return chain(
-        opening,
-        step("threads.acquire_lease", thread_id=thread_id, owner=turn_id, ttl_ms=lease_ttl_ms),
-        append,
-        agent,
-        step("threads.flush", **finish),
-    )
+    return turn_canvas(spec, 0, app or run.app or default_app)

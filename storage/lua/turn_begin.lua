@@ -2,7 +2,8 @@
 -- A step runs if it is the next one (done + 1, or 'cleanup' of a failing turn) and
 -- no other execution holds a live claim; a dead claim (deadline passed) is taken
 -- over. Steps after the first hold the thread's lease for the turn.
--- ARGV: turn_id, step (number or 'cleanup'), token, worker, task_id, lease_ms
+-- ARGV: turn_id, step (number or 'cleanup'), token, worker, task_id, lease_ms,
+--   held_wait_ms (a turn waiting for another turn's lease is looked at again after it)
 -- Returns {'ok', record}; {'missing'}; {'ended', state}; {'done'} (already finished
 -- step); {'early'}; {'busy', token, ms left}; {'held', holder, pttl}.
 local turn_id, step, token = ARGV[1], ARGV[2], ARGV[3]
@@ -35,6 +36,8 @@ end
 if step ~= 0 then
   local holder = hold_lease(turn_id, lease_ms)
   if holder ~= '' then
+    rec.deadline = math.max(rec.deadline, now + tonumber(ARGV[7]))
+    save_record(turn_id, rec)
     return {'held', holder, redis.call('PTTL', K_LEASE)}
   end
 end
