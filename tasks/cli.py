@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import click
-from celery.result import AsyncResult
 from rich import box
 from rich.console import Console
 from rich.progress import (
@@ -42,6 +41,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from adapters.base import reply_id
 from storage.cold import ColdObject
 from storage.embedded import EmbeddedRedis
 from storage.errors import AgentThreadsError
@@ -868,30 +868,16 @@ def _configure(settings: Mapping[str, str]) -> Threads:
     )
 
 
-def _steps(final: AsyncResult[Any]) -> list[AsyncResult[Any]]:
-    chain = [final]
-    while isinstance(chain[-1].parent, AsyncResult):
-        chain.append(chain[-1].parent)
-    return list(reversed(chain))
-
-
-def _summary(result: Any) -> str:
-    if not isinstance(result, dict):
-        return str(result)
-    keys = ("status", "appended_ids", "owner", "reply_id", "evicted", "size_bytes", "version")
-    return ", ".join(f"{k}={result[k]}" for k in keys if k in result)
-
-
-def _print_turn(title: str, final: AsyncResult[Any], started: float) -> None:
-    final.get(timeout=120)
-    elapsed = (time.perf_counter() - started) * 1000
-    click.echo(f"\n{title}  ({elapsed:.0f} ms end to end)")
-    previous: Any = None
-    for step in _steps(final):
-        done = step.date_done
-        took = f"{(done - previous).total_seconds() * 1000:6.1f} ms" if previous else "   first"
-        previous = done
-        click.echo(f"  {took}  {step.name:<24} {_summary(step.result)}")
+def _print_turn(title: str, client: ThreadClient, thread_id: str, turn_id: str) -> None:
+    status = client.wait_turn(thread_id, turn_id, timeout=120)
+    click.echo(f"\n{title}  ({status.state} in {status.duration_ms} ms end to end)")
+    for name in status.steps:
+        click.echo(f"  {status.timings.get(name, 0):6d} ms  {name}")
+    tools = ", ".join(f"{call} x{t.get('runs', 0)}" for call, t in status.tools.items())
+    click.echo(
+        f"  model calls: {len(status.usage)}, tokens in/out: {status.input_tokens}/"
+        f"{status.output_tokens}; tool runs: {tools or 'none'}"
+    )
 
 
 @main.command()
@@ -948,29 +934,28 @@ def _run_demo(store: Threads, thread_id: str, fork_id: str, provider: str) -> No
         ("turn 2 (continue)", thread_id, [user("u2", "Book the first one.")], "continue"),
     ]
     for title, tid, messages, mode in turns:
-        started = time.perf_counter()
         turn_id = f"{tid}:{title.split()[1]}"
-        result = agent_turn(tid, messages, model, turn_id=turn_id, mode=mode)
-        _print_turn(title, result.apply_async(), started)
+        client.turn(tid, messages, model, turn_id=turn_id, mode=mode)
+        _print_turn(title, client, tid, turn_id)
         click.echo(f"  tier after the turn: {_tier(store, tid)}")
-    started = time.perf_counter()
-    forked = client.turn(
+    fork_turn = f"{fork_id}:3"
+    client.turn(
         fork_id,
         [user("u2-alt", "Is there a later train?")],
         model,
-        turn_id=f"{fork_id}:3",
+        turn_id=fork_turn,
         mode="fork",
         source=thread_id,
-        up_to_id=f"{thread_id}:1:assistant",
+        up_to_id=reply_id(f"{thread_id}:1", 1),  # turn 1's answer, after its tool calls
     )
-    _print_turn("turn 3 (fork of turn 1)", forked, started)
+    _print_turn("turn 3 (fork of turn 1)", client, fork_id, fork_turn)
     click.echo("")
     for tid in (thread_id, fork_id):
         _render_thread(_console(), ops.view_thread(store, tid), 50)
         click.echo("")
-    click.echo("\nredelivery check: running turn 2 again with the same turn id ...")
-    again = agent_turn(thread_id, turns[1][2], model, turn_id=f"{thread_id}:2")
-    again.apply_async().get(timeout=120)
+    click.echo("\nredelivery check: sending turn 2 again with the same turn id ...")
+    agent_turn(thread_id, turns[1][2], model, turn_id=f"{thread_id}:2").apply_async()
+    time.sleep(2)  # its steps find the turn finished and do nothing
     count = len(store.load(thread_id))
     click.echo(f"  the thread still has {count} messages: nothing was doubled")
 

@@ -73,78 +73,54 @@ def scripted_turn(self: ThreadTask, thread_id: str, turn_id: str, think_ms: int 
     return {"body": body}
 
 
+def _lookup(client: Any, think_ms: int) -> Any:
+    """The test tool: counts its executions per tool call id (``test:tool:<call id>``)."""
+
+    def lookup(call_id: str, turn: str) -> str:
+        client.incr(f"test:tool:{call_id}")
+        time.sleep(think_ms / 1000)
+        return f"looked up {call_id} for {turn}"
+
+    return lookup
+
+
 @app.task(name="test.tool_turn", base=ThreadTask, bind=True)
 def tool_turn(
-    self: ThreadTask, thread_id: str, turn_id: str, tool_calls: int = 1, think_ms: int = 0
+    self: ThreadTask,
+    thread_id: str,
+    turn_id: str,
+    tool_calls: int = 1,
+    think_ms: int = 0,
+    tool_ms: int = 0,
 ) -> JSON:
-    """A model turn with ``tool_calls`` tool round trips before the final reply, like
-    an agent loop: the scripted model asks for a tool (record ``<turn>:call<k>``), the
-    tool's result is appended (``<turn>:result<k>``), and after the last result the
-    reply comes through the shared ``Adapter.run_turn`` (``<turn>:assistant``).
-
-    Every step is decided from the stored history, so a run killed between a tool
-    call and its result resumes by running that tool instead of calling the model
-    again, and a re-run never appends a step twice (each id is derived from the turn
-    id and written under the turn's lease). Counts task runs (``test:runs:<turn>``)
-    and model calls (``test:calls:<turn>``) like ``test.scripted_turn``."""
-    from adapters.base import DanglingToolCall, reply_id
-    from adapters.scripted import ScriptedAdapter, ScriptedModel
+    """An agent loop through ``Adapter.run_agent``: the model asks for ``tool_calls``
+    tools, one per reply (``<turn>:<n>:assistant``, call id ``<turn>-c<n>``), each runs
+    once (``<turn>:tool:<call id>``), then the final reply. Counts task runs
+    (``test:runs:<turn>``), model calls (``test:calls:<turn>``) and each tool call's
+    executions (``test:tool:<call id>``); ``think_ms`` is each model call's time,
+    ``tool_ms`` each tool's."""
+    from adapters.scripted import ScriptedAdapter
 
     adapter = ScriptedAdapter(self.threads, integrity="error")
-    ask_tool = ScriptedModel([{"tool_call": {"name": "lookup", "args": {"turn": turn_id}}}])
-    answer = ScriptedModel(["reply to {user}"])
     client = hot_redis_from_settings(settings())  # the hot tier (a cluster too)
     client.incr(f"test:runs:{turn_id}")
 
-    def model(script: ScriptedModel) -> Any:
-        def call(request: dict[str, Any]) -> dict[str, Any]:
-            client.incr(f"test:calls:{turn_id}")
-            time.sleep(think_ms / 1000)
-            return script(request)
-
-        return call
-
-    def dangling(records: list[Any]) -> tuple[dict[str, int], list[str]]:
-        """Unanswered tool calls: ours (call id -> index), and anyone else's."""
-        ours, foreign = {}, []
-        for call_id, index in adapter.dangling_tool_calls(records).items():
-            if str(records[index]["id"]).startswith(f"{turn_id}:call"):
-                ours[call_id] = index
-            else:
-                foreign.append(call_id)
-        return ours, foreign
+    def model(request: dict[str, Any]) -> dict[str, Any]:
+        client.incr(f"test:calls:{turn_id}")
+        time.sleep(think_ms / 1000)
+        history = [m for m in request["messages"] if isinstance(m, dict)]
+        last_user = max(i for i, m in enumerate(history) if m.get("role") == "user")
+        made = sum(1 for m in history[last_user:] if m.get("role") == "assistant")
+        if made < tool_calls:
+            call = {"id": f"{turn_id}-c{made}", "name": "lookup", "args": {"turn": turn_id}}
+            call["args"]["call_id"] = call["id"]
+            return {"role": "assistant", "content": "", "tool_calls": [call]}
+        return {"role": "assistant", "content": f"reply to {history[last_user]['content']}"}
 
     try:
-        # Each pass stores one step or finds it stored; a pass can also lose a race
-        # with a concurrent run of this same turn (a redelivered or re-sent copy).
-        for _ in range(4 * tool_calls + 6):
-            records = self.threads.load(thread_id)
-            ids = {r["id"] for r in records}
-            if reply_id(turn_id) in ids:
-                break
-            ours, _foreign = dangling(records)
-            if ours:  # run the tool of our unanswered call
-                call_id, index = next(iter(ours.items()))
-                step = str(records[index]["id"]).rsplit(":call", 1)[1]
-                result = adapter.tool_result_body(call_id, f"looked up {call_id} for {turn_id}")
-                record = {"id": f"{turn_id}:result{step}", "body": result}
-                self.threads.append(thread_id, [record], owner=turn_id)
-                continue
-            step = sum(1 for i in ids if i.startswith(f"{turn_id}:call"))
-            try:  # prepare raises on an unanswered call...
-                if step < tool_calls:
-                    body = model(ask_tool)(adapter.prepare(thread_id))
-                    record = {"id": f"{turn_id}:call{step}", "body": body}
-                    self.threads.append(thread_id, [record], owner=turn_id)
-                    continue
-                adapter.run_turn(thread_id, turn_id, model(answer))
-                break
-            except DanglingToolCall:
-                # ...which is fine if a concurrent copy of this turn just made it
-                if dangling(self.threads.load(thread_id))[1]:
-                    raise
-        else:
-            raise RuntimeError(f"turn {turn_id!r} of thread {thread_id!r} did not finish")
+        reply = adapter.run_agent(
+            thread_id, turn_id, model, tool_handlers={"lookup": _lookup(client, tool_ms)}
+        )
     finally:
         client.close()
-    return {"reply_id": reply_id(turn_id), "tool_calls": tool_calls}
+    return {"reply_id": reply.reply_id, "tool_calls": tool_calls}
