@@ -53,8 +53,11 @@ class WorkerProcess:
         log_path: str | None = None,
         cwd: str | None = None,
         loglevel: str = "WARNING",
+        beat_schedule: str | None = None,
     ) -> None:
         self.env = env
+        self.beat_schedule = beat_schedule
+        """With a path: the worker also runs the beat (``-B``), its schedule kept there."""
         self.queues = queues
         self.name = f"{name}@%h"
         self.pool = pool
@@ -72,6 +75,8 @@ class WorkerProcess:
             "-n", self.name, "-l", self.loglevel,
             "--without-heartbeat", "--without-gossip", "--without-mingle",
         ]  # fmt: skip
+        if self.beat_schedule:
+            command += ["-B", "-s", self.beat_schedule]
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
             command,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -73,12 +74,15 @@ def scripted_turn(self: ThreadTask, thread_id: str, turn_id: str, think_ms: int 
     return {"body": body}
 
 
-def _lookup(client: Any, think_ms: int) -> Any:
-    """The test tool: counts its executions per tool call id (``test:tool:<call id>``)."""
+def _lookup(client: Any, tool_ms: int, first_tool_ms: int) -> Any:
+    """The test tool: counts its executions per tool call id (``test:tool:<call id>``);
+    takes ``tool_ms``, plus ``first_tool_ms`` on the first execution of a turn's first
+    tool call."""
 
     def lookup(call_id: str, turn: str) -> str:
-        client.incr(f"test:tool:{call_id}")
-        time.sleep(think_ms / 1000)
+        runs = client.incr(f"test:tool:{call_id}")
+        first = runs == 1 and call_id.endswith("-c0")
+        time.sleep((tool_ms + (first_tool_ms if first else 0)) / 1000)
         return f"looked up {call_id} for {turn}"
 
     return lookup
@@ -92,13 +96,16 @@ def tool_turn(
     tool_calls: int = 1,
     think_ms: int = 0,
     tool_ms: int = 0,
+    first_think_ms: int = 0,
+    first_tool_ms: int = 0,
 ) -> JSON:
     """An agent loop through ``Adapter.run_agent``: the model asks for ``tool_calls``
     tools, one per reply (``<turn>:<n>:assistant``, call id ``<turn>-c<n>``), each runs
     once (``<turn>:tool:<call id>``), then the final reply. Counts task runs
     (``test:runs:<turn>``), model calls (``test:calls:<turn>``) and each tool call's
     executions (``test:tool:<call id>``); ``think_ms`` is each model call's time,
-    ``tool_ms`` each tool's."""
+    ``tool_ms`` each tool's, and the ``first_*`` times are added to the turn's first
+    model call and to the first run of its first tool call (a crash test kills there)."""
     from adapters.scripted import ScriptedAdapter
 
     adapter = ScriptedAdapter(self.threads, integrity="error")
@@ -106,8 +113,8 @@ def tool_turn(
     client.incr(f"test:runs:{turn_id}")
 
     def model(request: dict[str, Any]) -> dict[str, Any]:
-        client.incr(f"test:calls:{turn_id}")
-        time.sleep(think_ms / 1000)
+        calls = client.incr(f"test:calls:{turn_id}")
+        time.sleep((think_ms + (first_think_ms if calls == 1 else 0)) / 1000)
         history = [m for m in request["messages"] if isinstance(m, dict)]
         last_user = max(i for i, m in enumerate(history) if m.get("role") == "user")
         made = sum(1 for m in history[last_user:] if m.get("role") == "assistant")
@@ -119,8 +126,39 @@ def tool_turn(
 
     try:
         reply = adapter.run_agent(
-            thread_id, turn_id, model, tool_handlers={"lookup": _lookup(client, tool_ms)}
+            thread_id,
+            turn_id,
+            model,
+            tool_handlers={"lookup": _lookup(client, tool_ms, first_tool_ms)},
         )
     finally:
         client.close()
     return {"reply_id": reply.reply_id, "tool_calls": tool_calls}
+
+
+def _slow_first_flush(prefix: str, seconds: float) -> None:
+    """Crash-test instrumentation (``AGENT_THREADS_TEST_SLOW_FLUSH=<prefix>:<seconds>``):
+    the first flush of each thread whose id starts with ``prefix`` waits after its
+    upload, before its commit, so a test can kill the worker in the middle of it."""
+    from storage.tiered import Threads
+
+    upload = Threads._upload
+
+    def slow_upload(self: Threads, snapshot: Any, *args: Any, **kwargs: Any) -> Any:
+        done = upload(self, snapshot, *args, **kwargs)
+        thread_id = snapshot.thread_id
+        if thread_id.startswith(prefix):
+            client = hot_redis_from_settings(settings())
+            try:
+                if client.incr(f"test:flushes:{thread_id}") == 1:
+                    time.sleep(seconds)
+            finally:
+                client.close()
+        return done
+
+    Threads._upload = slow_upload  # type: ignore[method-assign]
+
+
+if os.environ.get("AGENT_THREADS_TEST_SLOW_FLUSH"):
+    _prefix, _seconds = os.environ["AGENT_THREADS_TEST_SLOW_FLUSH"].rsplit(":", 1)
+    _slow_first_flush(_prefix, float(_seconds))

@@ -206,4 +206,9 @@ def test_scripted_model_emits_tool_calls_deterministically() -> None:
     assert reply["tool_calls"] == [{"id": "call-0", "name": "search", "args": {"q": "trains"}}]
     assert model(request) == reply
     follow_up = {"messages": [*request["messages"], reply]}
-    assert model(follow_up) == {"role": "assistant", "content": "done"}
+    answer = model(follow_up)
+    assert answer["usage"] == {"model": "scripted", "input_tokens": 2, "output_tokens": 1}
+    assert {k: v for k, v in answer.items() if k != "usage"} == {
+        "role": "assistant",
+        "content": "done",
+    }

@@ -164,10 +164,11 @@ def test_demo_runs_three_turns_through_a_real_worker_and_cleans_up(tmp_path: Pat
         "turn 2 (continue)",
         "turn 3 (fork of turn 1)",
         "threads.hydrate",
-        "demo.scripted_agent",
-        "status=archived, evicted=True",
-        "thread 'demo-trip': tier hot, version 7, 5 messages",  # hydrated for the fork
-        "thread 'demo-trip-alt': tier cold, version 4, 5 messages",
+        "run:demo.scripted_agent",
+        "tool runs: call-0-0 x1, call-0-1 x1",  # turn 1's two tool calls, each run once
+        "tier after the turn: cold",  # archived and evicted
+        "thread 'demo-trip': tier hot, version 10, 8 messages",  # hydrated for the fork
+        "thread 'demo-trip-alt': tier cold, version 4, 8 messages",
         "nothing was doubled",
         "stopped the celery worker",
         "stopped embedded redis-server",
