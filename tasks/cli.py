@@ -47,6 +47,7 @@ from storage.embedded import EmbeddedRedis
 from storage.errors import AgentThreadsError
 from storage.snapshot import DEFAULT_MAX_SNAPSHOT_BYTES
 from storage.tiered import Threads
+from storage.turns import TurnStatus
 from tasks import ops
 from tasks.app import app, build_threads, configure, settings, threads
 from tasks.client import ThreadClient
@@ -243,6 +244,27 @@ def _archive_line(view: ops.ThreadView) -> str:
     return line + (f" (behind: hot is v{view.snapshot.version})" if behind else " (current)")
 
 
+def _turns_table(turns: Sequence[TurnStatus]) -> Table:
+    """The last turns: state, where they are, what they cost."""
+    table = _table()
+    for name in ("turn", "state", "step", "runs/wakes", "ms", "tokens in/out", "tools"):
+        table.add_column(name, no_wrap=name != "turn", overflow="fold")
+    for turn in turns:
+        step = turn.steps[turn.step] if isinstance(turn.step, int) else str(turn.step or "-")
+        error = f" ({turn.error.get('type')})" if turn.error else ""
+        tools = ", ".join(f"{c} x{t.get('runs', 0)}" for c, t in turn.tools.items())
+        table.add_row(
+            turn.turn_id,
+            turn.state + error,
+            step,
+            f"{turn.attempt}/{turn.wakes}",
+            str(turn.duration_ms if turn.duration_ms is not None else sum(turn.timings.values())),
+            f"{turn.input_tokens}/{turn.output_tokens}",
+            tools or "-",
+        )
+    return table
+
+
 def _render_thread(console: Console, view: ops.ThreadView, last: int | None) -> None:
     s, info = view.snapshot, view.info
     count = len(s.records)
@@ -282,6 +304,9 @@ def _render_thread(console: Console, view: ops.ThreadView, last: int | None) -> 
             f"{m.get('recovered')} archived messages recovered, {m.get('kept')} hot ones kept",
         )
     console.print(props)
+    if view.turns:
+        console.print()
+        console.print(_turns_table(view.turns[-5:]))
 
     messages = view.messages
     shown = messages if not last else messages[-last:]

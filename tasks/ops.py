@@ -48,6 +48,7 @@ from storage.snapshot import (
     encode_snapshot,
 )
 from storage.tiered import Threads
+from storage.turns import TurnStatus
 
 # -- durations -----------------------------------------------------------------------------
 
@@ -175,6 +176,8 @@ class ThreadView:
     """Hot only: TTL, lease and the archive the hot copy knows of."""
     archive_etag: str | None
     archive_version: int | None
+    turns: list[TurnStatus] = field(default_factory=list)
+    """The turn records the hot tier keeps for the thread, oldest first."""
 
     @property
     def messages(self) -> list[Message]:
@@ -207,14 +210,39 @@ class ThreadView:
             "retired_ids": list(s.retired_ids),
             "finished_turns": list(s.finished_turns),
             "last_merge": s.last_merge,
+            "turns": [turn_json(t) for t in self.turns],
             "messages": self.messages,
         }
+
+
+def turn_json(turn: TurnStatus) -> dict[str, Any]:
+    """A turn record as ``inspect --json`` shows it."""
+    return {
+        "turn_id": turn.turn_id,
+        "state": turn.state,
+        "steps": turn.steps,
+        "step": turn.step,
+        "done": turn.done,
+        "attempt": turn.attempt,
+        "wakes": turn.wakes,
+        "takeovers": turn.takeovers,
+        "worker": turn.worker,
+        "submitted_ms": turn.submitted_ms,
+        "finished_ms": turn.finished_ms,
+        "timings_ms": turn.timings,
+        "usage": turn.usage,
+        "input_tokens": turn.input_tokens,
+        "output_tokens": turn.output_tokens,
+        "tools": turn.tools,
+        "error": turn.error,
+    }
 
 
 def view_thread(store: Threads, thread_id: str) -> ThreadView:
     """The thread in the tier that holds it (hot first); reads a cold archive without
     restoring it. ``ThreadNotFound`` if it is in no tier; ``InvalidThreadId`` first."""
     store.hot.keys(thread_id)  # validate before any I/O
+    turns = store.turns.list(thread_id)
     try:
         source = store.hot.flush_source(thread_id, force=True)
         info = store.hot.info(thread_id)
@@ -222,12 +250,12 @@ def view_thread(store: Threads, thread_id: str) -> ThreadView:
         pass  # cold, absent, or evicted just now
     else:
         assert source.snapshot is not None  # force=True always reads the records
-        return ThreadView("hot", source.snapshot, info, info.cold_etag, info.cold_version)
+        return ThreadView("hot", source.snapshot, info, info.cold_etag, info.cold_version, turns)
     found = store.cold.read(thread_id)
     if found is None:
         raise ThreadNotFound(thread_id, "it exists in no tier (neither hot nor archived)")
     snapshot, etag = found
-    return ThreadView("cold", snapshot, None, etag, snapshot.version)
+    return ThreadView("cold", snapshot, None, etag, snapshot.version, turns)
 
 
 # -- hot listing -------------------------------------------------------------------------------

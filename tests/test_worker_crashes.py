@@ -204,7 +204,7 @@ def test_turns_survive_worker_sigkills_with_exactly_one_reply_each(
         expected = []
         for n in range(done[tid]):
             turn = f"{tid}-t{n:03d}"
-            expected += [f"{tid}-u{n:03d}", f"{turn}:assistant"]
+            expected += [f"{tid}-u{n:03d}", f"{turn}:0:assistant"]
             runs = int(crashes.hot_client.get(f"test:runs:{turn}") or 0)
             calls = int(crashes.hot_client.get(f"test:calls:{turn}") or 0)
             assert 1 <= calls <= runs  # a re-run after the reply was stored calls no model
