@@ -219,7 +219,7 @@ class TurnStore:
         validate_message_id(turn_id, what="turn id")
         if not steps:
             raise InvalidMessage("a turn needs at least one step")
-        now = int(self._redis(self.hot.redis.time)[0]) * 1000
+        now = self._now_ms()
         self._index(thread_id, turn_id, now + lease_ms)
         record = {"state": "submitted", "steps": list(steps), "done": -1, "lease_ms": lease_ms}
         reply = self._run(
@@ -372,7 +372,7 @@ class TurnStore:
         woken: list[Wake] = []
         due = later = gone = 0
         redis = self.hot.redis
-        now = int(self._redis(redis.time)[0]) * 1000
+        now = self._now_ms()
         for shard in self.hot.layout.turn_shards:
             members = self._redis(redis.zrangebyscore, shard, "-inf", now, 0, limit_per_shard)
             for member in members:
@@ -398,6 +398,11 @@ class TurnStore:
                 status = TurnStatus.from_record(thread_id, turn_id, json.loads(reply[4]))
                 woken.append(Wake(thread_id, turn_id, step, json.loads(reply[2]), status))
         return TurnReconcileReport(due=due, woken=woken, later=later, gone=gone)
+
+    def _now_ms(self) -> int:
+        """Redis' clock (the scripts' clock), in ms."""
+        seconds, micros = self._redis(self.hot.redis.time)
+        return int(seconds) * 1000 + int(micros) // 1000
 
     def _redis(self, command: Callable[..., Any], *args: Any) -> Any:
         """One plain Redis command (the turn index, the clock), with the hot tier's

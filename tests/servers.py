@@ -86,6 +86,6 @@ def s3_client_for(url: str, **config: Any) -> Any:
         endpoint_url=url,
         region_name="us-east-1",
         aws_access_key_id="test",
-        aws_secret_access_key="test",  # noqa: S106 - moto's dummy credentials
+        aws_secret_access_key="test",
         config=Config(retries={"mode": "standard", "max_attempts": 2}, **config),
     )

@@ -496,7 +496,7 @@ def test_an_unreachable_s3_endpoint_is_transient_unavailable(operation: str) -> 
         endpoint_url=f"http://127.0.0.1:{closed_port}",
         region_name="us-east-1",
         aws_access_key_id="test",
-        aws_secret_access_key="test",  # noqa: S106 - never sent anywhere
+        aws_secret_access_key="test",
         config=Config(connect_timeout=0.5, read_timeout=0.5, retries={"max_attempts": 1}),
     )
     store = S3ColdStore(client, "any-bucket", prefix=PREFIX)

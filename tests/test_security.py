@@ -664,7 +664,7 @@ def test_acl_user_is_refused_outside_its_namespace_and_writes_nothing(
 def test_wrong_password_is_a_permanent_typed_error(acl_redis: EmbeddedRedis) -> None:
     """redis-py raises a wrong password as a ConnectionError; retrying it eight times
     would only delay the real message, so the store makes it permanent."""
-    client = acl_redis.client(username="tenant-a", password="not-the-password")  # noqa: S106
+    client = acl_redis.client(username="tenant-a", password="not-the-password")
     hot = HotStore(client, namespace="tenant-a")
     with pytest.raises(HotStoreAccessDenied, match="tenant-a") as refused:
         hot.create("t1")
