@@ -99,7 +99,13 @@ def plan_turn(
             "options": {k: v for k, v in run.options.items() if k != "headers"},
         },
         "queues": {name: queue_of(name) for name in [*names, run.task]},
-        "steps": [OPENING[mode], "acquire_lease", "append", f"run:{run.task}", "flush"],
+        "steps": [
+            OPENING[mode].removeprefix("threads."),
+            "acquire_lease",
+            "append",
+            f"run:{run.task}",
+            "flush",
+        ],
     }
 
 

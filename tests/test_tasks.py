@@ -16,12 +16,19 @@ import redis
 from celery import Celery
 from celery.result import AsyncResult
 
-from storage import InvalidMessage, LeaseLost, ThreadExists, ThreadNotFound, VersionConflict
+from storage import (
+    InvalidMessage,
+    LeaseLost,
+    ThreadExists,
+    ThreadNotFound,
+    TurnFailed,
+    VersionConflict,
+)
 from storage.cold import S3ColdStore
 from storage.tiered import Threads
 from tasks.app import threads as worker_threads
 from tasks.client import ThreadClient
-from tasks.turns import agent_turn
+from tasks.turns import agent_turn, turn_canvas
 from tests.conftest import backdate, msg
 
 TIMEOUT = 60
@@ -347,3 +354,90 @@ def test_client_turn_and_concurrent_appends_from_many_producers(
         assert own == sorted(own)
     turn = client.turn("t1", [msg("u1")], app.signature("test.echo_agent"), turn_id="turn-1")
     assert turn.get(timeout=TIMEOUT)["evicted"] is True
+
+
+# -- the turn record --------------------------------------------------------------------
+
+
+def test_a_turn_sent_without_the_client_records_itself(app: Celery, store: Threads) -> None:
+    agent = app.signature("test.tool_turn", kwargs={"tool_calls": 1})
+    agent_turn("r1", [msg("u1")], agent, turn_id="rt-1", mode="new", app=app).apply_async().get(
+        timeout=TIMEOUT
+    )
+    status = store.turns.status("r1", "rt-1")
+    assert status is not None
+    assert status.state == "finished"
+    assert status.steps == ["create", "acquire_lease", "append", "run:test.tool_turn", "flush"]
+    assert status.done == 4
+    assert status.attempt == 5
+    assert set(status.timings) == set(status.steps)
+    assert status.tools == {"rt-1-c0": {"runs": 1, "done": True}}
+    assert status.result["status"] == "archived"
+
+
+def test_turn_status_shows_a_running_turn_and_its_usage(
+    app: Celery, client: ThreadClient, store: Threads
+) -> None:
+    agent = app.signature("test.scripted_turn", kwargs={"think_ms": 800})
+    client.turn("r2", [msg("u1")], agent, turn_id="rt-2", mode="new")
+    deadline = time.monotonic() + TIMEOUT
+    status = client.turn_status("r2", "rt-2")
+    while (status is None or status.step != 3) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        status = client.turn_status("r2", "rt-2")
+    assert status is not None
+    assert (status.state, status.step, status.done) == ("running", 3, 2)
+    assert status.worker is not None
+    assert status.deadline_ms is not None
+    done = client.wait_turn("r2", "rt-2", timeout=TIMEOUT)
+    assert done.state == "finished"
+    assert done.usage[0]["model"] == "scripted"
+    assert done.input_tokens > 0
+    assert done.output_tokens > 0
+    assert client.turn_status("r2", "no-such-turn") is None
+
+
+def test_a_duplicate_delivery_of_a_running_step_does_nothing(
+    app: Celery, client: ThreadClient, store: Threads, redis_client: redis.Redis
+) -> None:
+    """The agent step is sent a second time (a redelivery, a re-send) while it runs:
+    the copy finds the claim alive and is dropped; the model is called once."""
+    agent = app.signature("test.scripted_turn", kwargs={"think_ms": 1000})
+    client.turn("r3", [msg("u1")], agent, turn_id="rt-3", mode="new")
+    deadline = time.monotonic() + TIMEOUT
+    while int(redis_client.get("test:runs:rt-3") or 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    spec = store.turns.spec("r3", "rt-3")
+    assert spec is not None
+    copy = turn_canvas(spec, 3, app).apply_async()
+    final = client.wait_turn("r3", "rt-3", timeout=TIMEOUT)
+    assert final.state == "finished"
+    assert copy.state in ("PENDING", "IGNORED")  # dropped: no result, no chain
+    assert int(redis_client.get("test:calls:rt-3") or 0) == 1
+    assert ids(store, "r3") == ["u1", "rt-3:0:assistant"]
+
+
+def test_a_failed_turn_raises_turn_failed_with_the_typed_error(
+    app: Celery, client: ThreadClient, store: Threads
+) -> None:
+    client.run_turn(
+        "r4", [msg("u1")], app.signature("test.echo_agent"), turn_id="rt-4a", mode="new"
+    )
+    with pytest.raises(TurnFailed, match="ValueError: model exploded in turn rt-4b") as failed:
+        client.run_turn("r4", [msg("u2")], app.signature("test.failing_agent"), turn_id="rt-4b")
+    assert failed.value.error_type == "ValueError"
+    status = client.turn_status("r4", "rt-4b")
+    assert status is not None
+    assert (status.state, status.done) == ("failed", 2)  # the run step failed
+    assert not store.hot.exists("r4")  # the cleanup flushed and evicted it
+    assert ids_after_hydrate(store, "r4") == ["u1", "rt-4a:reply", "u2"]
+
+
+def ids_after_hydrate(store: Threads, thread_id: str) -> list[str]:
+    store.hydrate(thread_id)
+    return ids(store, thread_id)
+
+
+def test_a_plain_task_as_the_agent_is_refused(app: Celery) -> None:
+    with pytest.raises(ValueError, match="ThreadTask"):
+        agent_turn("t1", [msg("u1")], app.signature("test.noop"), turn_id="rt-5")
