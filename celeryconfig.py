@@ -53,10 +53,12 @@ of your largest thread).
 
 ``visibility_timeout``: with ``acks_late`` a message is acknowledged only after its
 task finished; if a worker dies, the Redis broker hands the message to another
-worker once it has been unacknowledged this long. It must be longer than the
-longest task (an agent turn's ``run`` step, including its retries' countdowns);
-otherwise a task still running is delivered a second time (harmless for the
-idempotent threads.* tasks, but it doubles the cost of a model call).
+worker once it has been unacknowledged this long. Turns do not wait for it: a
+turn step's heartbeat stops when its worker dies, and ``threads.reconcile_turns``
+(every ``TURN_RECONCILE_EVERY`` s) re-wakes it within about one lease
+(``LEASE_TTL_MS``); the late redelivery is then dropped. It must exceed the retry
+countdowns (a message a worker holds for its countdown longer than this is
+delivered twice): the worker checks that at start-up.
 """
 
 from __future__ import annotations

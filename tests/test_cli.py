@@ -163,7 +163,7 @@ def test_demo_runs_three_turns_through_a_real_worker_and_cleans_up(tmp_path: Pat
         "turn 1 (new)",
         "turn 2 (continue)",
         "turn 3 (fork of turn 1)",
-        "threads.hydrate",
+        "  hydrate",  # turn 2 opens by hydrating the evicted thread
         "run:demo.scripted_agent",
         "tool runs: call-0-0 x1, call-0-1 x1",  # turn 1's two tool calls, each run once
         "tier after the turn: cold",  # archived and evicted
