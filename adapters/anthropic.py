@@ -19,7 +19,7 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from adapters.base import Adapter
+from adapters.base import Adapter, ToolCall
 from storage.errors import InvalidMessage
 from storage.records import JSON, Message
 
@@ -53,6 +53,23 @@ def _blocks(content: Any) -> list[Any]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     return list(content)
+
+
+def _field(value: Any, name: str) -> Any:
+    """``value.name`` of an SDK object, ``value[name]`` of a dict (None if absent)."""
+    if isinstance(value, Mapping):
+        return value.get(name)
+    return getattr(value, name, None)
+
+
+# The usage counts a reply reports: ``input_tokens`` excludes the cached prefix, whose
+# tokens (written and read) are billed apart.
+_USAGE_COUNTS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
 
 
 def _count_cache_control(value: Any) -> int:
@@ -112,6 +129,30 @@ class AnthropicAdapter(Adapter):
         return [
             str(block["id"]) for block in self._block_list(body) if block.get("type") == "tool_use"
         ]
+
+    def tool_calls(self, body: JSON) -> list[ToolCall]:
+        """The body's ``tool_use`` blocks (id, name, input)."""
+        return [
+            ToolCall(str(block["id"]), str(block.get("name", "")), block.get("input") or {})
+            for block in self._block_list(body)
+            if block.get("type") == "tool_use"
+        ]
+
+    def usage(self, message: Any) -> dict[str, Any] | None:
+        """``message.usage`` (input, output and cache tokens) and ``message.model`` of a
+        response ``Message``, or of its JSON as the API sends it."""
+        counts = _field(message, "usage")
+        if counts is None:
+            return None
+        usage: dict[str, Any] = {
+            name: value
+            for name in _USAGE_COUNTS
+            if isinstance(value := _field(counts, name), int) and not isinstance(value, bool)
+        }
+        model = _field(message, "model")
+        if isinstance(model, str) and model:
+            usage["model"] = model
+        return usage or None
 
     def tool_result_ids(self, body: JSON) -> list[str]:
         return [

@@ -8,19 +8,29 @@ the same ``Content`` back. The system prompt is stored as
 ``system_instruction``, never inside ``contents``.
 
 Gemini often omits function call ids. A call or a response without an id is then
-matched by its function name, in order within a message: the first ``f`` of a
-message is ``"f"``, the second ``"f#2"``, and so on, so that two parallel calls of
-one function are answered by the two responses of the next message.
+matched by its function name, in order: the first ``f`` of a message is ``"f"``,
+the second ``"f#2"``, and so on, and the responses are numbered the same way over
+the tool messages that follow the call (the agent loop stores one response per
+message), so two parallel calls of one function are answered by the next two
+responses. ``build_request`` sends consecutive tool messages as one ``Content``:
+Gemini wants every response to a turn's calls in the next turn. The agent loop
+keys such a call by its match key and a digest of the reply (``"f#2@<digest>"``),
+so a turn that calls ``f`` again in a later reply runs it again.
+
+A model reply may be given as the ``GenerateContentResponse`` (or its API JSON):
+its first candidate is the message, and ``usage`` reads its ``usage_metadata``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from google.genai import types
 
-from adapters.base import Adapter, IntegrityPolicy
+from adapters.base import Adapter, IntegrityPolicy, ToolCall
 from storage.records import JSON, Message
 from storage.tiered import Threads
 
@@ -35,12 +45,14 @@ def _parts(body: JSON) -> list[dict[str, Any]]:
     return [p for p in parts if isinstance(p, dict)] if isinstance(parts, list) else []
 
 
-def _keys(body: JSON, field: str) -> list[tuple[str, str | None]]:
+def _keys(
+    body: JSON, field: str, seen: dict[str, int] | None = None
+) -> list[tuple[str, str | None]]:
     """(match key, function name or None) of each ``field`` part ("function_call" or
     "function_response"): the id and the name, else the name numbered by its
-    occurrence and None."""
+    occurrence (counted in ``seen``, from 1 within this body if not given) and None."""
     keys: list[tuple[str, str | None]] = []
-    seen: dict[str, int] = {}
+    seen = {} if seen is None else seen
     for part in _parts(body):
         item = part.get(field)
         if not isinstance(item, dict):
@@ -52,6 +64,29 @@ def _keys(body: JSON, field: str) -> list[tuple[str, str | None]]:
         seen[name] = seen.get(name, 0) + 1
         keys.append((name if seen[name] == 1 else f"{name}#{seen[name]}", None))
     return keys
+
+
+def _content(message: Any) -> Any:
+    """The message of a ``GenerateContentResponse`` (or its JSON): its first
+    candidate's content. Anything else is returned as it is."""
+    if isinstance(message, Mapping) and "candidates" in message:
+        message = types.GenerateContentResponse.model_validate(message)
+    if not isinstance(message, types.GenerateContentResponse):
+        return message
+    candidates = message.candidates or []
+    if not candidates or candidates[0].content is None:
+        raise ValueError("the GenerateContentResponse has no candidate message")
+    return candidates[0].content
+
+
+# usage_metadata count -> the turn record's usage key. candidates_token_count leaves
+# out the thinking tokens, which are billed as output: they are kept beside it.
+_USAGE_COUNTS = {
+    "prompt_token_count": "input_tokens",
+    "candidates_token_count": "output_tokens",
+    "thoughts_token_count": "thoughts_tokens",
+    "cached_content_token_count": "cached_input_tokens",
+}
 
 
 class GoogleGenAIAdapter(Adapter):
@@ -69,7 +104,9 @@ class GoogleGenAIAdapter(Adapter):
     # -- format hooks ---------------------------------------------------------------
 
     def to_body(self, message: Any) -> JSON:
-        """A ``types.Content`` (or its dict form) as a JSON body."""
+        """A ``types.Content`` (or its dict form), or the first candidate of a
+        ``GenerateContentResponse`` (or of its JSON), as a JSON body."""
+        message = _content(message)
         content = (
             message if isinstance(message, types.Content) else types.Content.model_validate(message)
         )
@@ -95,15 +132,72 @@ class GoogleGenAIAdapter(Adapter):
         self._call_names.update((key, name) for key, name in keys if name is not None)
         return [key for key, _ in keys]
 
+    def tool_calls(self, body: JSON | types.Content) -> list[ToolCall]:
+        """The function_call parts (a ``Content`` too), each with its id, or the key
+        ``tool_call_ids`` derives when it has none."""
+        if isinstance(body, types.Content):
+            body = self.to_body(body)
+        parts = _parts(body)
+        calls = [p["function_call"] for p in parts if isinstance(p.get("function_call"), dict)]
+        keys = self.tool_call_ids(body)  # learns the names the responses must carry
+        # a name key recurs in every reply calling that function: the loop keys its
+        # result by the reply too (a digest: the same for a stored and a fresh body)
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        return [
+            ToolCall(
+                key if call.get("id") else f"{key}@{digest}",
+                str(call.get("name") or ""),
+                call.get("args") or {},
+            )
+            for key, call in zip(keys, calls, strict=True)
+        ]
+
+    def usage(self, message: Any) -> dict[str, Any] | None:
+        """Token counts and model version of a ``GenerateContentResponse`` or its JSON
+        (camelCase as the API sends it, or snake_case); None for a bare ``Content``."""
+        if isinstance(message, Mapping) and {"usageMetadata", "usage_metadata"} & set(message):
+            message = types.GenerateContentResponse.model_validate(
+                {k: v for k, v in message.items() if k != "candidates"}
+            )
+        if not isinstance(message, types.GenerateContentResponse):
+            return None
+        usage: dict[str, Any] = {}
+        if message.usage_metadata is not None:
+            for field, name in _USAGE_COUNTS.items():
+                value = getattr(message.usage_metadata, field, None)
+                if isinstance(value, int):
+                    usage[name] = value
+        if message.model_version:
+            usage["model"] = message.model_version
+        return usage or None
+
     def tool_result_ids(self, body: JSON) -> list[str]:
         return [key for key, _ in _keys(body, "function_response")]
 
+    def dangling_tool_calls(self, records: Sequence[Message]) -> dict[str, int]:
+        """As the base method, with responses that have no id numbered by name over
+        each run of tool messages (the calls they answer are numbered so within
+        their message): ``f``, ``f#2`` answer a message's two id-less ``f`` calls
+        whether one message holds both responses or each has its own."""
+        calls: dict[str, int] = {}
+        seen: dict[str, int] = {}
+        for index, record in enumerate(records):
+            body = record["body"]
+            if self.role(body) != "tool":
+                seen = {}
+            for call_id in self.tool_call_ids(body):
+                calls[call_id] = index
+            for key, _ in _keys(body, "function_response", seen):
+                calls.pop(key, None)
+        return calls
+
     def _response_part(self, call_id: str, response: dict[str, Any]) -> types.Part:
         name = self._call_names.get(call_id)
-        if name is None:  # matched by name ("f" or "f#2"): the response has no id either
+        if name is None:  # matched by name ("f", "f#2", "f#2@<digest>"): no id either
             return types.Part(
                 function_response=types.FunctionResponse(
-                    name=call_id.partition("#")[0], response=response
+                    name=call_id.partition("@")[0].partition("#")[0], response=response
                 )
             )
         return types.Part(
@@ -144,12 +238,21 @@ class GoogleGenAIAdapter(Adapter):
         """Keyword arguments for ``client.models.generate_content(**request)``."""
         system: list[types.Part] = []
         contents: list[types.Content] = []
+        previous_tool = False
         for record in records:
             content = self.from_body(record["body"])
             if content.role == "system":
                 system.extend(content.parts or [])
+                continue
+            tool = self.role(record["body"]) == "tool"
+            if tool and previous_tool:  # the responses to one turn's calls: one turn
+                last = contents[-1]
+                contents[-1] = last.model_copy(
+                    update={"parts": [*(last.parts or []), *(content.parts or [])]}
+                )
             else:
                 contents.append(content)
+            previous_tool = tool
         generate_config = types.GenerateContentConfig(
             system_instruction=types.Content(parts=system) if system else None,
             tools=list(tools) if tools is not None else None,

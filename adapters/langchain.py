@@ -5,14 +5,15 @@ A body is langchain-core's own dict form of one message,
 ``messages_from_dict``: that keeps ``tool_calls``, ``tool_call_id``, ``id``,
 ``name``, ``additional_kwargs``, ``response_metadata`` and content blocks as they are.
 
-A LangChain ``ToolMessage`` answers exactly one tool call, so the "repair" policy
-inserts one synthetic error ``ToolMessage`` per unanswered call (see
-``apply_integrity``), not one body per calling message as the base class does.
+A LangChain ``ToolMessage`` answers exactly one tool call (the base class's
+"repair" asks for one error body per unanswered call). A tool's output that is
+neither text nor content blocks is sent as JSON, as LangGraph's ``ToolNode`` does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langchain_core.messages import (
@@ -25,7 +26,7 @@ from langchain_core.messages import (
     messages_to_dict,
 )
 
-from adapters.base import Adapter
+from adapters.base import Adapter, ToolCall
 from storage.records import JSON, Message
 
 # The dict form's "type" (chunks included) -> the role agent-threads sees.
@@ -62,6 +63,27 @@ def _type(body: JSON) -> str:
     return kind if isinstance(kind, str) else ""
 
 
+def _tool_content(content: Any) -> Any:
+    """Text and content blocks as they are; any other output as JSON (else its str)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(b, dict) and "type" in b for b in content):
+        return content
+    try:
+        return json.dumps(content, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(content)
+
+
+def _model_name(metadata: Mapping[str, Any]) -> str | None:
+    """The model a reply's ``response_metadata`` names (each provider its own key)."""
+    for key in ("model_name", "model", "model_id"):
+        name = metadata.get(key)
+        if isinstance(name, str) and name:
+            return name
+    return None
+
+
 class LangChainAdapter(Adapter):
     """LangChain messages (``langchain_core.messages.BaseMessage``) as stored bodies."""
 
@@ -95,6 +117,50 @@ class LangChainAdapter(Adapter):
         calls = _data(body).get("tool_calls") or []
         return [c["id"] for c in calls if isinstance(c, dict) and isinstance(c.get("id"), str)]
 
+    def tool_calls(self, body: JSON | BaseMessage) -> list[ToolCall]:
+        """An AI message's ``tool_calls`` (id, name, args); a body or the message."""
+        if isinstance(body, BaseMessage):
+            body = self.to_body(body)
+        if _type(body) not in _ASSISTANT_TYPES:
+            return []
+        calls = _data(body).get("tool_calls") or []
+        return [
+            ToolCall(c["id"], str(c.get("name") or ""), c.get("args") or {})
+            for c in calls
+            if isinstance(c, dict) and isinstance(c.get("id"), str)
+        ]
+
+    def usage(self, message: Any) -> dict[str, Any] | None:
+        """``usage_metadata`` (input, output, cache-read and reasoning tokens) and the
+        model ``response_metadata`` names, of an ``AIMessage``, its dict form or the
+        ``data`` of it."""
+        if isinstance(message, BaseMessage):
+            fields: Mapping[str, Any] = {
+                "usage_metadata": getattr(message, "usage_metadata", None),
+                "response_metadata": message.response_metadata,
+            }
+        elif isinstance(message, Mapping):
+            fields = _data(dict(message)) or message
+        else:
+            return None
+        counts = fields.get("usage_metadata")
+        counts = counts if isinstance(counts, Mapping) else {}
+        usage: dict[str, Any] = {
+            key: counts[key] for key in ("input_tokens", "output_tokens") if key in counts
+        }
+        for detail, key, name in (
+            ("input_token_details", "cache_read", "cache_read_input_tokens"),
+            ("output_token_details", "reasoning", "reasoning_tokens"),
+        ):
+            details = counts.get(detail)
+            if isinstance(details, Mapping) and isinstance(details.get(key), int):
+                usage[name] = details[key]
+        metadata = fields.get("response_metadata")
+        model = _model_name(metadata) if isinstance(metadata, Mapping) else None
+        if model:
+            usage["model"] = model
+        return usage or None
+
     def tool_result_ids(self, body: JSON) -> list[str]:
         if _type(body) not in _TOOL_TYPES:
             return []
@@ -119,7 +185,9 @@ class LangChainAdapter(Adapter):
 
     def tool_result_body(self, call_id: str, content: Any, *, is_error: bool = False) -> JSON:
         message = ToolMessage(
-            content=content, tool_call_id=call_id, status="error" if is_error else "success"
+            content=_tool_content(content),
+            tool_call_id=call_id,
+            status="error" if is_error else "success",
         )
         return self.to_body(message)
 
@@ -127,5 +195,3 @@ class LangChainAdapter(Adapter):
         """``{"messages": [BaseMessage, ...], **options}``; the system message stays in
         the list, as LangChain chat models expect."""
         return {"messages": [self.from_body(r["body"]) for r in records], **options}
-
-    # -- tool-call integrity --------------------------------------------------------

@@ -35,7 +35,8 @@ class ScriptedAdapter(Adapter):
     name = "scripted"
 
     def to_body(self, message: Any) -> JSON:
-        body: JSON = dict(message)
+        # usage is about the call, not part of the message (see ``usage``)
+        body: JSON = {k: v for k, v in dict(message).items() if k != "usage"}
         return body
 
     def from_body(self, body: JSON) -> Any:

@@ -1,8 +1,11 @@
 """Model-turn task for the anthropic adapter (registered only if its SDK is installed).
 
 ``adapters.anthropic.run_turn`` is the ``run`` step of an ``agent_turn``: it sends
-the thread to the Messages API and appends the reply as ``<turn_id>:assistant``,
+the thread to the Messages API and appends the reply as ``<turn_id>:0:assistant``,
 exactly once (a redelivered or retried task finds the reply and calls no model).
+With ``run_tools`` (tool names of ``adapters.tools``) it runs the agent loop: each
+tool call runs once, its result is stored, the model is called again, until a
+reply asks for no tool; a retried task resumes from its last stored step.
 
 Retries are Celery's, not the SDK's (``max_retries=0``): rate limits (429),
 overload (529) and other 5xx, connection errors and timeouts are retried with the
@@ -16,7 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from adapters.anthropic import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, AnthropicAdapter
-from adapters.base import IntegrityPolicy, reply_id
+from adapters.base import DEFAULT_MAX_STEPS, IntegrityPolicy, InterruptedPolicy
+from adapters.tools import handlers
 from storage.records import JSON
 from tasks.app import app
 from tasks.base import TRANSIENT_ERRORS, ThreadTask
@@ -65,8 +69,14 @@ if anthropic is not None:
         rewind: bool = False,
         integrity: IntegrityPolicy | None = None,
         cache_breakpoints: int = 0,
+        run_tools: list[str] | None = None,
+        max_steps: int = DEFAULT_MAX_STEPS,
+        on_interrupted: InterruptedPolicy = "rerun",
     ) -> JSON:
-        """One Messages API call for ``thread_id``; the reply is stored exactly once."""
+        """A model turn on ``thread_id``, every reply and tool result stored exactly
+        once. ``tools`` are the schemas the model is offered; ``run_tools`` the
+        registered tools this worker runs (None: one model call, the caller runs
+        the tools the reply asks for)."""
         adapter = AnthropicAdapter(self.threads)
 
         def call_model(request: dict[str, Any]) -> Any:
@@ -74,10 +84,13 @@ if anthropic is not None:
             # turn whose reply is stored needs neither a client nor an API key.
             return client_factory().messages.create(**request)
 
-        body = adapter.run_turn(
+        reply = adapter.run_agent(
             thread_id,
             turn_id,
             call_model,
+            tool_handlers=handlers(run_tools) if run_tools is not None else None,
+            max_steps=max_steps,
+            on_interrupted=on_interrupted,
             rewind=rewind,
             integrity=integrity,
             model=model,
@@ -85,4 +98,4 @@ if anthropic is not None:
             tools=tools,
             cache_breakpoints=cache_breakpoints,
         )
-        return {"reply_id": reply_id(turn_id), "body": body}
+        return {"reply_id": reply.reply_id, "body": reply.body, "model_calls": reply.model_calls}

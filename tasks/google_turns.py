@@ -1,7 +1,10 @@
 """Model-turn task for the google adapter (registered only if its SDK is installed).
 
 ``adapters.google_genai.run_turn`` asks Gemini for the thread's next reply and
-appends it exactly once (its id is derived from the turn id). Server errors (5xx)
+appends it exactly once (its id is derived from the turn id). With ``run_tools``
+(tool names of ``adapters.tools``) it runs the agent loop: every function call is
+run once and answered, and Gemini is asked again until it calls no function; a
+retried task resumes from its last stored step. Server errors (5xx)
 and rate limits (429) are retried with the ThreadTask backoff; any other client
 error (400, 403, ...) would fail the same way again, so it fails at once.
 """
@@ -11,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from adapters.base import IntegrityPolicy, reply_id
+from adapters.base import DEFAULT_MAX_STEPS, IntegrityPolicy, InterruptedPolicy
+from adapters.tools import handlers
 from storage.errors import AgentThreadsError
 from storage.records import JSON
 from tasks.app import app
@@ -61,9 +65,15 @@ if genai is not None:
         tools: list[dict[str, Any]] | None = None,
         rewind: bool = False,
         integrity: IntegrityPolicy | None = None,
+        run_tools: list[str] | None = None,
+        max_steps: int = DEFAULT_MAX_STEPS,
+        on_interrupted: InterruptedPolicy = "rerun",
     ) -> JSON:
-        """One Gemini turn: the reply is stored as ``f"{turn_id}:assistant"``; a
-        redelivered turn finds it and does not call the model again."""
+        """One Gemini turn: reply ``n`` is stored as ``reply_id(turn_id, n)``, each
+        function call's response as ``tool_result_id``; a redelivered turn finds
+        them and calls neither the model nor a tool again. ``tools`` are the
+        declarations Gemini is offered; ``run_tools`` the registered tools this
+        worker runs (None: one model call, the caller runs the functions)."""
 
         def call_model(request: dict[str, Any]) -> Any:
             # hold the client: a collected Client closes its HTTP client mid-request
@@ -73,14 +83,17 @@ if genai is not None:
             if not candidates or candidates[0].content is None:
                 feedback = response.prompt_feedback
                 raise NoCandidate(thread_id, str(feedback) if feedback else "no candidates")
-            return candidates[0].content
+            return response  # the adapter stores its first candidate and reads its usage
 
         adapter = GoogleGenAIAdapter(self.threads)
         try:
-            body = adapter.run_turn(
+            reply = adapter.run_agent(
                 thread_id,
                 turn_id,
                 call_model,
+                tool_handlers=handlers(run_tools) if run_tools is not None else None,
+                max_steps=max_steps,
+                on_interrupted=on_interrupted,
                 rewind=rewind,
                 integrity=integrity,
                 model=model,
@@ -92,4 +105,4 @@ if genai is not None:
             # autoretry_for works on classes; a 429 is the one retryable client error
             # (retried with the policy's delay, see tasks/base.py)
             raise self.retry(exc=exc) from exc
-        return {"reply_id": reply_id(turn_id), "body": body}
+        return {"reply_id": reply.reply_id, "body": reply.body, "model_calls": reply.model_calls}

@@ -1,8 +1,11 @@
 """Model-turn task for the langchain adapter (registered only if its SDK is installed).
 
 ``adapters.langchain.run_turn`` asks a LangChain chat model for the next reply of a
-thread and appends it once, as ``<turn_id>:assistant``: a retried or redelivered
-turn finds its reply stored and does not call the model again.
+thread and appends it once, as ``<turn_id>:0:assistant``: a retried or redelivered
+turn finds its reply stored and does not call the model again. With ``run_tools``
+(tool names of ``adapters.tools``) it runs the agent loop: each tool call runs
+once and is answered, and the model is asked again until it calls no tool; a
+retried task resumes from its last stored step.
 
 The model comes from ``model_factory="package.module:function"``, a zero-argument
 function returning a ``BaseChatModel``, resolved in the worker (a model object
@@ -66,8 +69,9 @@ try:
 except ImportError:  # the langchain extra is not installed: register nothing
     pass
 else:
-    from adapters.base import IntegrityPolicy, reply_id
+    from adapters.base import DEFAULT_MAX_STEPS, IntegrityPolicy, InterruptedPolicy
     from adapters.langchain import LangChainAdapter
+    from adapters.tools import handlers
 
     def build_model(model_factory: str, tools: Sequence[str] | None) -> Any:
         """The chat model of ``model_factory``, with ``tools`` bound if given."""
@@ -91,19 +95,36 @@ else:
         tools: list[str] | None = None,
         rewind: bool = False,
         integrity: IntegrityPolicy | None = None,
+        run_tools: list[str] | None = None,
+        max_steps: int = DEFAULT_MAX_STEPS,
+        on_interrupted: InterruptedPolicy = "rerun",
     ) -> JSON:
-        """One LangChain model turn on ``thread_id``; its reply is stored exactly once."""
+        """A LangChain model turn on ``thread_id``, every reply and tool result stored
+        exactly once. ``tools`` are import paths of the tools bound to the model (what
+        it is offered); ``run_tools`` the registered tools this worker runs (None: one
+        model call, the caller runs the tools the reply asks for)."""
         adapter = LangChainAdapter(self.threads)
+        models: list[Any] = []  # built at the first model call, once per execution
 
         def call_model(request: dict[str, Any]) -> BaseMessage:
-            model = build_model(model_factory, tools)
+            if not models:
+                models.append(build_model(model_factory, tools))
             try:
-                reply: BaseMessage = model.invoke(request["messages"])
+                reply: BaseMessage = models[0].invoke(request["messages"])
             except Exception as exc:
                 if is_transient(exc):
                     raise self.retry(exc=exc, countdown=backoff(self.request.retries)) from exc
                 raise
             return reply
 
-        body = adapter.run_turn(thread_id, turn_id, call_model, rewind=rewind, integrity=integrity)
-        return {"reply_id": reply_id(turn_id), "body": body}
+        reply = adapter.run_agent(
+            thread_id,
+            turn_id,
+            call_model,
+            tool_handlers=handlers(run_tools) if run_tools is not None else None,
+            max_steps=max_steps,
+            on_interrupted=on_interrupted,
+            rewind=rewind,
+            integrity=integrity,
+        )
+        return {"reply_id": reply.reply_id, "body": reply.body, "model_calls": reply.model_calls}

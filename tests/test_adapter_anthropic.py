@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 import tasks.anthropic_turns
 from adapters.anthropic import MAX_CACHE_BREAKPOINTS, AnthropicAdapter
-from adapters.base import DanglingToolCall
+from adapters.base import DanglingToolCall, ToolCall
+from adapters.tools import tool
 from storage.cold import S3ColdStore
 from storage.records import Message
 from storage.tiered import Threads
@@ -515,8 +516,12 @@ def test_an_agent_turn_calls_the_messages_api_and_stores_the_reply_once(
     flushed = turn.apply_async()
     assert flushed.get(timeout=TIMEOUT)["evicted"] is True
     reply = {"role": "assistant", "content": [{"type": "text", "text": "Take the 07:33."}]}
-    assert flushed.parent.get(timeout=TIMEOUT) == {"reply_id": "turn-1:assistant", "body": reply}
-    assert store.load("t1") == [*new, {"id": "turn-1:assistant", "body": reply}]
+    assert flushed.parent.get(timeout=TIMEOUT) == {
+        "reply_id": "turn-1:0:assistant",
+        "body": reply,
+        "model_calls": 1,
+    }
+    assert store.load("t1") == [*new, {"id": "turn-1:0:assistant", "body": reply}]
     assert api.requests == [
         {
             "model": MODEL,
@@ -532,10 +537,14 @@ def test_a_redelivered_turn_neither_calls_the_model_again_nor_doubles_the_reply(
 ) -> None:
     api = use_api(FakeMessagesAPI((200, api_message("Once."))))
     new = [{"id": "u1", "body": {"role": "user", "content": "Hi"}}]
-    for _ in range(2):  # the same turn delivered twice
-        turn = agent_turn("t1", new, run_turn_signature(app), turn_id="turn-1", mode="new")
-        turn.apply_async().get(timeout=TIMEOUT)
-    assert [m["id"] for m in store.load("t1")] == ["u1", "turn-1:assistant"]
+    turn = agent_turn("t1", new, run_turn_signature(app), turn_id="turn-1", mode="new")
+    flushed = turn.apply_async()
+    flushed.get(timeout=TIMEOUT)
+    # The turn's run step delivered again (the record drops a duplicate of a step of
+    # an ended turn before it runs, so this is the task body running a second time).
+    again = run_turn_signature(app, thread_id="t1", turn_id="turn-1").apply_async()
+    assert again.get(timeout=TIMEOUT) == flushed.parent.get(timeout=TIMEOUT)
+    assert [m["id"] for m in store.load("t1")] == ["u1", "turn-1:0:assistant"]
     assert len(api.requests) == 1
 
 
@@ -561,7 +570,7 @@ def test_a_rate_limited_call_is_retried_by_celery_then_succeeds(
     assert result.get(timeout=TIMEOUT)["body"]["content"][0]["text"] == "After the wait."
     assert result.retries >= 1
     assert len(api.requests) == 2
-    assert [m["id"] for m in store.load("t1")] == ["u1", "turn-1:assistant"]
+    assert [m["id"] for m in store.load("t1")] == ["u1", "turn-1:0:assistant"]
 
 
 def test_an_overloaded_api_is_retried_too(app: Celery, store: Threads, use_api: Any) -> None:
@@ -573,7 +582,7 @@ def test_an_overloaded_api_is_retried_too(app: Celery, store: Threads, use_api: 
     )
     start_turn(store, "t1", "turn-1")
     result = run_turn_signature(app, thread_id="t1", turn_id="turn-1").apply_async()
-    assert result.get(timeout=TIMEOUT)["reply_id"] == "turn-1:assistant"
+    assert result.get(timeout=TIMEOUT)["reply_id"] == "turn-1:0:assistant"
     assert result.retries >= 1
 
 
@@ -594,3 +603,192 @@ def test_a_bad_request_fails_at_once_without_retries(
     assert "anthropic.BadRequestError" in (result.traceback or "")
     assert len(api.requests) == 1
     assert [m["id"] for m in store.load("t1")] == ["u1"]
+
+
+# -- the agent loop: tool calls run once each, through the real SDK client -----------------
+
+
+def test_tool_calls_and_usage_are_read_from_sdk_objects_and_api_json(threads: Threads) -> None:
+    adapter = AnthropicAdapter(threads)
+    response = anthropic.types.Message.model_validate(SDK_RESPONSE)
+    call_id = "toolu_01A09q90qw90lq917835lq9"
+    assert adapter.tool_calls(adapter.to_body(response)) == [
+        ToolCall(call_id, "get_weather", {"location": "Zurich", "unit": None})
+    ]
+    assert adapter.tool_calls({"role": "assistant", "content": "no tools"}) == []
+    usage = {"input_tokens": 412, "output_tokens": 87, "model": "claude-sonnet-4-5"}
+    assert adapter.usage(response) == usage
+    assert adapter.usage(SDK_RESPONSE) == usage
+    cached = {**SDK_RESPONSE, "usage": {**SDK_RESPONSE["usage"], "cache_read_input_tokens": 9}}
+    assert adapter.usage(anthropic.types.Message.model_validate(cached)) == {
+        **usage,
+        "cache_read_input_tokens": 9,
+    }
+    assert adapter.usage({"role": "assistant", "content": "a MessageParam has none"}) is None
+
+
+# The embedded worker runs in this process: the tools and the test share these counts.
+TOOL_RUNS: list[tuple[str, Any]] = []
+KILLS: list[BaseException] = []
+
+
+class WorkerKilled(BaseException):
+    """Stands for a worker dying inside a tool (after its begin, before its result):
+    a BaseException, so the agent loop does not turn it into an error result."""
+
+
+@tool("anthropic_weather")
+def weather(city: str) -> str:
+    TOOL_RUNS.append(("anthropic_weather", city))
+    return f"14 °C in {city}"
+
+
+@tool("anthropic_book")
+def book(train: str) -> dict[str, Any]:
+    TOOL_RUNS.append(("anthropic_book", train))
+    if KILLS:
+        raise KILLS.pop()
+    return {"booked": train}
+
+
+def tool_use_message(*calls: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
+    return {
+        **api_message("", "msg_tools"),
+        "content": [
+            {"type": "text", "text": "Let me check."},
+            *({"type": "tool_use", "id": i, "name": n, "input": a} for i, n, a in calls),
+        ],
+        "stop_reason": "tool_use",
+        "usage": {"input_tokens": 30, "output_tokens": 12},
+    }
+
+
+TWO_TOOLS = tool_use_message(
+    ("toolu_w", "anthropic_weather", {"city": "Milan"}),
+    ("toolu_b", "anthropic_book", {"train": "EC 15"}),
+)
+SCHEMAS = [
+    {"name": "anthropic_weather", "input_schema": {"type": "object"}},
+    {"name": "anthropic_book", "input_schema": {"type": "object"}},
+]
+LOOP_IDS = [
+    "u1",
+    "turn-1:0:assistant",
+    "turn-1:tool:toolu_w",
+    "turn-1:tool:toolu_b",
+    "turn-1:1:assistant",
+]
+
+
+@pytest.fixture
+def looping(store: Threads) -> Threads:
+    """Empty tool counts, and the thread t1 of turn-1 ready (lease, user message, record)."""
+    TOOL_RUNS.clear()
+    KILLS.clear()
+    start_turn(store, "t1", "turn-1")
+    store.turns.submit("t1", "turn-1", steps=["run"], spec={}, lease_ms=20_000)
+    return store
+
+
+def loop_signature(app: Celery, **kwargs: Any) -> Any:
+    return run_turn_signature(
+        app,
+        thread_id="t1",
+        turn_id="turn-1",
+        tools=SCHEMAS,
+        run_tools=["anthropic_weather", "anthropic_book"],
+        **kwargs,
+    )
+
+
+def test_a_turn_runs_both_tool_calls_once_and_stores_every_step(
+    app: Celery, looping: Threads, use_api: Any
+) -> None:
+    api = use_api(FakeMessagesAPI((200, TWO_TOOLS), (200, api_message("Booked the EC 15."))))
+    result = loop_signature(app).apply_async().get(timeout=TIMEOUT)
+    assert result["reply_id"] == "turn-1:1:assistant"
+    assert result["model_calls"] == 2
+    assert result["body"]["content"] == [{"type": "text", "text": "Booked the EC 15."}]
+    assert TOOL_RUNS == [("anthropic_weather", "Milan"), ("anthropic_book", "EC 15")]
+    assert [m["id"] for m in looping.load("t1")] == LOOP_IDS
+    # both results were stored before the second call, which sent them in one user turn
+    assert len(api.requests) == 2
+    assert api.requests[1]["messages"][1:] == [
+        {"role": "assistant", "content": TWO_TOOLS["content"]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_w", "content": "14 °C in Milan"},
+                {"type": "tool_result", "tool_use_id": "toolu_b", "content": {"booked": "EC 15"}},
+            ],
+        },
+    ]
+    status = looping.turns.status("t1", "turn-1")
+    assert status is not None
+    usage = [(u["call"], u["model"], u["input_tokens"], u["output_tokens"]) for u in status.usage]
+    assert usage == [("0", MODEL, 30, 12), ("1", MODEL, 21, 9)]
+    assert status.tools == {
+        "toolu_w": {"runs": 1, "done": True},
+        "toolu_b": {"runs": 1, "done": True},
+    }
+
+    again = loop_signature(app).apply_async().get(timeout=TIMEOUT)  # a redelivery
+    assert again == result
+    assert len(api.requests) == 2, "no model call for a stored reply"
+    assert len(TOOL_RUNS) == 2, "no tool runs again whose result is stored"
+    assert [m["id"] for m in looping.load("t1")] == LOOP_IDS
+
+
+@pytest.mark.parametrize("on_interrupted", ["rerun", "error"])
+def test_a_turn_killed_inside_a_tool_resumes_without_repeating_stored_steps(
+    app: Celery, looping: Threads, use_api: Any, on_interrupted: str
+) -> None:
+    api = use_api(FakeMessagesAPI((200, TWO_TOOLS), (200, api_message("Done."))))
+    KILLS.append(WorkerKilled("the worker died in the booking call"))
+    with pytest.raises(WorkerKilled):  # the first execution, in this process
+        tasks.anthropic_turns.run_turn(
+            thread_id="t1",
+            turn_id="turn-1",
+            model=MODEL,
+            tools=SCHEMAS,
+            run_tools=["anthropic_weather", "anthropic_book"],
+            on_interrupted=on_interrupted,
+        )
+    assert [m["id"] for m in looping.load("t1")] == LOOP_IDS[:3]
+    assert len(api.requests) == 1
+
+    result = loop_signature(app, on_interrupted=on_interrupted).apply_async().get(timeout=TIMEOUT)
+    assert result["reply_id"] == "turn-1:1:assistant"
+    assert len(api.requests) == 2, "the stored first reply was not asked for again"
+    assert [m["id"] for m in looping.load("t1")] == LOOP_IDS
+    status = looping.turns.status("t1", "turn-1")
+    assert status is not None
+    assert status.tools["toolu_w"] == {"runs": 1, "done": True}
+    assert status.tools["toolu_b"] == {"runs": 2, "done": True}
+    booked = looping.get("t1", ["turn-1:tool:toolu_b"])["turn-1:tool:toolu_b"]["body"]
+    assert isinstance(booked, dict)
+    (block,) = booked["content"]
+    if on_interrupted == "rerun":  # the interrupted call ran again, the finished one did not
+        assert TOOL_RUNS == [
+            ("anthropic_weather", "Milan"),
+            ("anthropic_book", "EC 15"),
+            ("anthropic_book", "EC 15"),
+        ]
+        assert block["content"] == {"booked": "EC 15"}
+    else:  # a tool whose side effect must not happen twice is answered with an error
+        assert TOOL_RUNS == [("anthropic_weather", "Milan"), ("anthropic_book", "EC 15")]
+        assert block["is_error"] is True
+        assert "interrupted" in block["content"]
+    assert [u["call"] for u in status.usage] == ["0", "1"]
+
+
+def test_without_run_tools_the_turn_stops_at_the_tool_calls(
+    app: Celery, looping: Threads, use_api: Any
+) -> None:
+    api = use_api(FakeMessagesAPI((200, TWO_TOOLS)))
+    result = run_turn_signature(app, thread_id="t1", turn_id="turn-1").apply_async()
+    got = result.get(timeout=TIMEOUT)
+    assert (got["reply_id"], got["model_calls"]) == ("turn-1:0:assistant", 1)
+    assert AnthropicAdapter(looping).tool_call_ids(got["body"]) == ["toolu_w", "toolu_b"]
+    assert TOOL_RUNS == []
+    assert len(api.requests) == 1

@@ -20,8 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tasks.google_turns as google_turns
-from adapters.base import DanglingToolCall, reply_id
+from adapters.base import DanglingToolCall, ToolCall, reply_id, tool_result_id
 from adapters.google_genai import GoogleGenAIAdapter
+from adapters.tools import tool
 from storage.cold import S3ColdStore
 from storage.tiered import Threads
 from tasks.app import threads as worker_threads
@@ -186,11 +187,12 @@ def test_dangling_function_call_error_repair_truncate(
         adapter.prepare(thread_id, integrity="error")
 
     repaired = adapter.prepare(thread_id, integrity="repair")["contents"]
-    assert [c.role for c in repaired] == ["user", "model", "user", "user", "user"]
+    # the synthetic response and the stored one answer one turn's calls: one Content
+    assert [c.role for c in repaired] == ["user", "model", "user", "user"]
     response = repaired[2].parts[0].function_response
     assert (response.id, response.name) == (call_id, "search")
     assert response.response == {"error": "the tool call was interrupted and has no result"}
-    assert repaired[3].parts[0].function_response.name == "weather"
+    assert repaired[2].parts[1].function_response.name == "weather"
 
     truncated = adapter.prepare(thread_id, integrity="truncate")["contents"]
     assert [c.parts[0].text for c in truncated] == ["hi"]
@@ -341,12 +343,13 @@ def test_rate_limit_is_retried_then_succeeds(app: Celery) -> None:
     prepared_thread(store, "gt2")
     result = model_turn(app, "gt2", "turn-1")
     assert result.get(timeout=TIMEOUT) == {
-        "reply_id": "turn-1:assistant",
+        "reply_id": "turn-1:0:assistant",
         "body": {"role": "model", "parts": [{"text": "Hi!"}]},
+        "model_calls": 1,
     }
     assert result.retries >= 1
     assert len(fake.requests) == 2
-    assert [r["id"] for r in store.load("gt2")] == ["system", "u1", "turn-1:assistant"]
+    assert [r["id"] for r in store.load("gt2")] == ["system", "u1", "turn-1:0:assistant"]
 
 
 def test_server_error_is_retried(app: Celery) -> None:
@@ -382,4 +385,197 @@ def test_redelivered_turn_calls_the_model_once(app: Celery) -> None:
     again = model_turn(app, "gt4", "turn-1").get(timeout=TIMEOUT)
     assert first == again
     assert len(fake.requests) == 1
-    assert [r["id"] for r in store.load("gt4")] == ["system", "u1", "turn-1:assistant"]
+    assert [r["id"] for r in store.load("gt4")] == ["system", "u1", "turn-1:0:assistant"]
+
+
+# -- the agent loop: function calls run once each, through the real SDK client -----------
+
+
+def test_tool_calls_and_usage_from_sdk_objects_and_api_json(adapter: GoogleGenAIAdapter) -> None:
+    with_id = types.Content(role="model", parts=[types.Part(text="hm"), call("search", "c1")])
+    assert adapter.tool_calls(with_id) == [ToolCall("c1", "search", {"q": 1})]
+    assert adapter.tool_calls(adapter.to_body(with_id)) == adapter.tool_calls(with_id)
+    two = adapter.to_body(types.Content(role="model", parts=[call("search"), call("search")]))
+    first, second = adapter.tool_calls(two)
+    assert (first.name, second.name) == ("search", "search")
+    assert first.id.startswith("search@")
+    assert second.id.startswith("search#2@")
+    assert first.id.partition("@")[2] == second.id.partition("@")[2], "a digest of the reply"
+    other = adapter.to_body(types.Content(role="model", parts=[call("search"), call("weather")]))
+    assert adapter.tool_calls(other)[0].id != first.id, "another reply: another key"
+    assert adapter.tool_calls(types.Content(role="model", parts=[types.Part(text="no")])) == []
+
+    _, payload = reply({"text": "Hi"})
+    usage = {"input_tokens": 12, "output_tokens": 5, "model": "gemini-2.5-flash"}
+    assert adapter.usage(payload) == usage
+    response = types.GenerateContentResponse.model_validate(payload)
+    assert adapter.usage(response) == usage
+    thinking = {**payload, "usageMetadata": {**payload["usageMetadata"], "thoughtsTokenCount": 7}}
+    assert adapter.usage(thinking) == {**usage, "thoughts_tokens": 7}
+    assert adapter.usage(with_id) is None
+    assert (
+        adapter.to_body(response)
+        == adapter.to_body(payload)
+        == {
+            "role": "model",
+            "parts": [{"text": "Hi"}],
+        }
+    )
+
+
+def test_responses_in_separate_messages_answer_parallel_calls_without_ids(
+    adapter: GoogleGenAIAdapter,
+) -> None:
+    thread_id = new_thread(adapter)
+    adapter.append_user(thread_id, "u1", "trains and weather?")
+    model = types.Content(role="model", parts=[call("search"), call("search"), call("weather")])
+    adapter.append_message(thread_id, "a1", model)
+    for n, tool_call in enumerate(adapter.tool_calls(adapter.to_body(model))):
+        body = adapter.tool_result_body(tool_call.id, {"n": n})
+        adapter.threads.append(thread_id, [{"id": f"r{n}", "body": body}])
+    request = adapter.prepare(thread_id, integrity="error")  # no call is left unanswered
+    contents = request["contents"]
+    assert [c.role for c in contents] == ["user", "model", "user"]
+    responses = [p.function_response for p in contents[2].parts]
+    assert [(r.id, r.name, r.response) for r in responses] == [
+        (None, "search", {"n": 0}),
+        (None, "search", {"n": 1}),
+        (None, "weather", {"n": 2}),
+    ]
+
+
+TOOL_RUNS: list[tuple[str, Any]] = []
+KILLS: list[BaseException] = []
+
+
+class WorkerKilled(BaseException):
+    """A worker dying inside a tool (not an Exception: no error result is stored)."""
+
+
+@tool("google_weather")
+def weather(city: str) -> str:
+    TOOL_RUNS.append(("google_weather", city))
+    return f"14 °C in {city}"
+
+
+@tool("google_book")
+def book(train: str) -> dict[str, Any]:
+    TOOL_RUNS.append(("google_book", train))
+    if KILLS:
+        raise KILLS.pop()
+    return {"booked": train}
+
+
+def function_call(name: str, **args: Any) -> dict[str, Any]:
+    return {"functionCall": {"name": name, "args": args}}
+
+
+RUN_TOOLS = ["google_weather", "google_book"]
+
+
+@pytest.fixture
+def looping(app: Celery) -> Threads:
+    """Empty tool counts; thread gl1 leased to turn-1, with its turn record."""
+    TOOL_RUNS.clear()
+    KILLS.clear()
+    store = worker_threads()
+    prepared_thread(store, "gl1")
+    store.turns.submit("gl1", "turn-1", steps=["run"], spec={}, lease_ms=20_000)
+    return store
+
+
+def test_a_turn_runs_calls_over_two_replies_once_each(app: Celery, looping: Threads) -> None:
+    fake = FakeGemini(
+        reply(function_call("google_weather", city="Milan")),
+        reply({"text": "It is mild."}, function_call("google_book", train="EC 15")),
+        reply({"text": "Booked the EC 15."}),
+    )
+    serve(fake)
+    result = model_turn(app, "gl1", "turn-1", run_tools=RUN_TOOLS).get(timeout=TIMEOUT)
+    assert (result["reply_id"], result["model_calls"]) == (reply_id("turn-1", 2), 3)
+    assert result["body"] == {"role": "model", "parts": [{"text": "Booked the EC 15."}]}
+    assert TOOL_RUNS == [("google_weather", "Milan"), ("google_book", "EC 15")]
+
+    adapter = GoogleGenAIAdapter(looping)
+    stored = looping.load("gl1")
+    (asked_weather,) = adapter.tool_calls(stored[2]["body"])
+    (asked_book,) = adapter.tool_calls(stored[4]["body"])
+    assert [r["id"] for r in stored] == [
+        "system",
+        "u1",
+        reply_id("turn-1", 0),
+        tool_result_id("turn-1", asked_weather.id),
+        reply_id("turn-1", 1),
+        tool_result_id("turn-1", asked_book.id),
+        reply_id("turn-1", 2),
+    ]
+    # each result was stored, and sent, before the next call
+    assert len(fake.requests) == 3
+    assert fake.requests[1]["json"]["contents"][-1] == {
+        "role": "user",
+        "parts": [
+            {
+                "functionResponse": {
+                    "name": "google_weather",
+                    "response": {"output": "14 °C in Milan"},
+                }
+            }
+        ],
+    }
+    assert fake.requests[2]["json"]["contents"][-1]["parts"][0]["functionResponse"] == {
+        "name": "google_book",
+        "response": {"booked": "EC 15"},
+    }
+    status = looping.turns.status("gl1", "turn-1")
+    assert status is not None
+    assert [(u["call"], u["model"]) for u in status.usage] == [
+        ("0", "gemini-2.5-flash"),
+        ("1", "gemini-2.5-flash"),
+        ("2", "gemini-2.5-flash"),
+    ]
+    assert (status.input_tokens, status.output_tokens) == (36, 15)
+    assert status.tools == {
+        asked_weather.id: {"runs": 1, "done": True},
+        asked_book.id: {"runs": 1, "done": True},
+    }
+
+    again = model_turn(app, "gl1", "turn-1", run_tools=RUN_TOOLS).get(timeout=TIMEOUT)
+    assert again == result
+    assert len(fake.requests) == 3, "a redelivered turn calls no model"
+    assert len(TOOL_RUNS) == 2, "and runs no tool again"
+    assert len(looping.load("gl1")) == 7
+
+
+def test_a_turn_killed_inside_a_tool_resumes_from_its_stored_steps(
+    app: Celery, looping: Threads
+) -> None:
+    fake = FakeGemini(
+        reply(
+            function_call("google_weather", city="Milan"),
+            function_call("google_book", train="EC 15"),
+        ),
+        reply({"text": "Done."}),
+    )
+    serve(fake)
+    KILLS.append(WorkerKilled("the worker died in the booking call"))
+    with pytest.raises(WorkerKilled):  # the first execution, in this process
+        google_turns.run_turn(thread_id="gl1", turn_id="turn-1", run_tools=RUN_TOOLS)
+    assert len(looping.load("gl1")) == 4  # system, u1, the reply, the weather result
+    assert len(fake.requests) == 1
+
+    result = model_turn(app, "gl1", "turn-1", run_tools=RUN_TOOLS).get(timeout=TIMEOUT)
+    assert result["reply_id"] == reply_id("turn-1", 1)
+    assert len(fake.requests) == 2, "the stored reply was not asked for again"
+    assert TOOL_RUNS == [
+        ("google_weather", "Milan"),
+        ("google_book", "EC 15"),
+        ("google_book", "EC 15"),
+    ]
+    # both responses went to Gemini in one turn, in the order of the calls
+    parts = fake.requests[1]["json"]["contents"][-1]["parts"]
+    assert [p["functionResponse"]["name"] for p in parts] == ["google_weather", "google_book"]
+    status = looping.turns.status("gl1", "turn-1")
+    assert status is not None
+    assert sorted(t["runs"] for t in status.tools.values()) == [1, 2]
+    assert all(t["done"] for t in status.tools.values())
+    assert [u["call"] for u in status.usage] == ["0", "1"]

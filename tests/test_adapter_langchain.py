@@ -23,11 +23,12 @@ from langchain_core.messages import (
     ToolMessage,
     messages_to_dict,
 )
-from langchain_core.outputs import ChatResult
+from langchain_core.outputs import ChatGeneration, ChatResult
 
 import tasks.langchain_turns
-from adapters.base import DanglingToolCall
+from adapters.base import DanglingToolCall, ToolCall, reply_id, tool_result_id
 from adapters.langchain import LangChainAdapter
+from adapters.tools import tool
 from storage.cold import S3ColdStore
 from storage.records import Message
 from storage.tiered import Threads
@@ -328,7 +329,7 @@ def test_agent_turn_stores_one_ai_reply_under_the_turn_id(app: Celery, store: Th
     )
     turn.apply_async().get(timeout=TIMEOUT)
     records = store.load("lc-t1")
-    assert [r["id"] for r in records] == ["u1", "turn-1:assistant"]
+    assert [r["id"] for r in records] == ["u1", "turn-1:0:assistant"]
     reply = LangChainAdapter(store).from_body(records[1]["body"])
     assert isinstance(reply, AIMessage)
     assert reply.content == "The 07:33 EC reaches Milan at 10:50."
@@ -341,10 +342,10 @@ def test_a_transient_provider_error_is_retried_then_succeeds(app: Celery, store:
     PLAN.append(RateLimitError("429: slow down"))
     result = run_turn_signature(app, thread_id=thread_id, turn_id="turn-1").apply_async()
     got = result.get(timeout=TIMEOUT)
-    assert got["reply_id"] == "turn-1:assistant"
+    assert got["reply_id"] == "turn-1:0:assistant"
     assert result.retries == 1
     assert len(INVOCATIONS) == 2
-    assert [r["id"] for r in store.load(thread_id)] == ["u1", "turn-1:assistant"]
+    assert [r["id"] for r in store.load(thread_id)] == ["u1", "turn-1:0:assistant"]
 
 
 def test_a_permanent_provider_error_fails_at_once(app: Celery, store: Threads) -> None:
@@ -367,7 +368,7 @@ def test_a_redelivered_turn_neither_calls_the_model_nor_appends_again(
     again = task.apply_async().get(timeout=TIMEOUT)  # the same message delivered again
     assert again == first
     assert len(INVOCATIONS) == 1
-    assert [r["id"] for r in store.load(thread_id)] == ["u1", "turn-1:assistant"]
+    assert [r["id"] for r in store.load(thread_id)] == ["u1", "turn-1:0:assistant"]
 
 
 def test_rewind_drops_the_stored_reply_and_asks_again(app: Celery, store: Threads) -> None:
@@ -378,4 +379,194 @@ def test_rewind_drops_the_stored_reply_and_asks_again(app: Celery, store: Thread
     rewound = run_turn_signature(app, thread_id=thread_id, turn_id="turn-1", rewind=True)
     rewound.apply_async().get(timeout=TIMEOUT)
     assert len(INVOCATIONS) == 2
-    assert [r["id"] for r in store.load(thread_id)] == ["u1", "turn-1:assistant"]
+    assert [r["id"] for r in store.load(thread_id)] == ["u1", "turn-1:0:assistant"]
+
+
+# -- the agent loop: tool calls run once each -------------------------------------------
+
+
+def usage_of(tokens_in: int, tokens_out: int) -> dict[str, Any]:
+    return {
+        "input_tokens": tokens_in,
+        "output_tokens": tokens_out,
+        "total_tokens": tokens_in + tokens_out,
+    }
+
+
+def test_tool_calls_and_usage_from_messages_and_their_dict_form(threads: Threads) -> None:
+    adapter = LangChainAdapter(threads)
+    reply = AIMessage(
+        "",
+        tool_calls=[{"name": "weather", "args": {"city": "Milan"}, "id": "c1"}],
+        usage_metadata={
+            **usage_of(30, 12),
+            "input_token_details": {"cache_read": 10},
+            "output_token_details": {"reasoning": 4},
+        },
+        response_metadata={"model_name": "gpt-test", "finish_reason": "tool_calls"},
+    )
+    body = adapter.to_body(reply)
+    assert adapter.tool_calls(body) == adapter.tool_calls(reply)
+    assert adapter.tool_calls(reply) == [ToolCall("c1", "weather", {"city": "Milan"})]
+    assert adapter.tool_calls(adapter.to_body(ToolMessage("x", tool_call_id="c1"))) == []
+    usage = {
+        "input_tokens": 30,
+        "output_tokens": 12,
+        "cache_read_input_tokens": 10,
+        "reasoning_tokens": 4,
+        "model": "gpt-test",
+    }
+    assert adapter.usage(reply) == adapter.usage(body) == usage
+    assert isinstance(body, dict)
+    assert adapter.usage(body["data"]) == usage
+    anthropic_style = AIMessage("hi", response_metadata={"model": "claude-test"})
+    assert adapter.usage(anthropic_style) == {"model": "claude-test"}
+    assert adapter.usage(HumanMessage("no usage")) is None
+    # a tool's structured output reaches the model as JSON
+    result = adapter.from_body(adapter.tool_result_body("c1", {"booked": "EC 15"}))
+    assert result.content == '{"booked": "EC 15"}'
+
+
+TOOL_RUNS: list[tuple[str, Any]] = []
+KILLS: list[BaseException] = []
+TOOL_MODEL = f"{__name__}:make_tool_model"
+RUN_TOOLS = ["langchain_weather", "langchain_book"]
+SCRIPT = [
+    AIMessage(
+        "",
+        tool_calls=[{"name": "langchain_weather", "args": {"city": "Milan"}, "id": "call_w"}],
+        usage_metadata=usage_of(30, 12),
+        response_metadata={"model_name": "fake-model"},
+    ),
+    AIMessage(
+        "",
+        tool_calls=[{"name": "langchain_book", "args": {"train": "EC 15"}, "id": "call_b"}],
+        usage_metadata=usage_of(45, 10),
+        response_metadata={"model_name": "fake-model"},
+    ),
+    AIMessage(
+        "Booked the EC 15.",
+        usage_metadata=usage_of(60, 6),
+        response_metadata={"model_name": "fake-model"},
+    ),
+]
+LOOP_IDS = [
+    "u1",
+    reply_id("turn-1", 0),
+    tool_result_id("turn-1", "call_w"),
+    reply_id("turn-1", 1),
+    tool_result_id("turn-1", "call_b"),
+    reply_id("turn-1", 2),
+]
+
+
+class WorkerKilled(BaseException):
+    """A worker dying inside a tool (not an Exception: no error result is stored)."""
+
+
+@tool("langchain_weather")
+def weather(city: str) -> str:
+    TOOL_RUNS.append(("langchain_weather", city))
+    return f"14 °C in {city}"
+
+
+@tool("langchain_book")
+def book(train: str) -> dict[str, Any]:
+    TOOL_RUNS.append(("langchain_book", train))
+    if KILLS:
+        raise KILLS.pop()
+    return {"booked": train}
+
+
+class ScriptedToolModel(CountingFakeChatModel):
+    """Answers with SCRIPT[n], n = the AI messages the history holds: the same history
+    always gets the same reply, whichever execution asks."""
+
+    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> ChatResult:
+        INVOCATIONS.append(list(messages))
+        answered = sum(isinstance(m, AIMessage) for m in messages)
+        return ChatResult(generations=[ChatGeneration(message=SCRIPT[answered])])
+
+
+def make_tool_model() -> ScriptedToolModel:
+    return ScriptedToolModel(responses=[])
+
+
+@pytest.fixture
+def looping(store: Threads) -> str:
+    """Empty tool counts; a thread leased to turn-1 with its turn record."""
+    TOOL_RUNS.clear()
+    KILLS.clear()
+    thread_id = ready_thread(store, "turn-1")
+    store.turns.submit(thread_id, "turn-1", steps=["run"], spec={}, lease_ms=20_000)
+    return thread_id
+
+
+def loop_signature(app: Celery, thread_id: str) -> Any:
+    return run_turn_signature(
+        app, thread_id=thread_id, turn_id="turn-1", model_factory=TOOL_MODEL, run_tools=RUN_TOOLS
+    )
+
+
+def test_a_turn_runs_tool_calls_over_two_replies_once_each(
+    app: Celery, store: Threads, looping: str
+) -> None:
+    thread_id = looping
+    result = loop_signature(app, thread_id).apply_async().get(timeout=TIMEOUT)
+    assert (result["reply_id"], result["model_calls"]) == (reply_id("turn-1", 2), 3)
+    final = LangChainAdapter(store).from_body(result["body"])
+    assert final.content == "Booked the EC 15."
+    assert TOOL_RUNS == [("langchain_weather", "Milan"), ("langchain_book", "EC 15")]
+    assert [r["id"] for r in store.load(thread_id)] == LOOP_IDS
+    # each result was stored before the next model call, which saw it
+    assert len(INVOCATIONS) == 3
+    assert INVOCATIONS[1][-1] == ToolMessage("14 °C in Milan", tool_call_id="call_w")
+    assert INVOCATIONS[2][-1] == ToolMessage('{"booked": "EC 15"}', tool_call_id="call_b")
+    status = store.turns.status(thread_id, "turn-1")
+    assert status is not None
+    assert [(u["call"], u["model"]) for u in status.usage] == [
+        ("0", "fake-model"),
+        ("1", "fake-model"),
+        ("2", "fake-model"),
+    ]
+    assert (status.input_tokens, status.output_tokens) == (135, 28)
+    assert status.tools == {
+        "call_w": {"runs": 1, "done": True},
+        "call_b": {"runs": 1, "done": True},
+    }
+
+    again = loop_signature(app, thread_id).apply_async().get(timeout=TIMEOUT)  # a redelivery
+    assert again == result
+    assert len(INVOCATIONS) == 3, "no model call for a stored reply"
+    assert len(TOOL_RUNS) == 2, "no tool runs again whose result is stored"
+    assert [r["id"] for r in store.load(thread_id)] == LOOP_IDS
+
+
+def test_a_turn_killed_inside_a_tool_resumes_without_repeating_stored_steps(
+    app: Celery, store: Threads, looping: str
+) -> None:
+    thread_id = looping
+    KILLS.append(WorkerKilled("the worker died in the booking call"))
+    with pytest.raises(WorkerKilled):  # the first execution, in this process
+        tasks.langchain_turns.run_turn(
+            thread_id=thread_id, turn_id="turn-1", model_factory=TOOL_MODEL, run_tools=RUN_TOOLS
+        )
+    assert [r["id"] for r in store.load(thread_id)] == LOOP_IDS[:4]
+    assert len(INVOCATIONS) == 2
+
+    result = loop_signature(app, thread_id).apply_async().get(timeout=TIMEOUT)
+    assert result["reply_id"] == reply_id("turn-1", 2)
+    assert len(INVOCATIONS) == 3, "only the reply after the interrupted tool was asked for"
+    assert TOOL_RUNS == [
+        ("langchain_weather", "Milan"),
+        ("langchain_book", "EC 15"),
+        ("langchain_book", "EC 15"),
+    ]
+    assert [r["id"] for r in store.load(thread_id)] == LOOP_IDS
+    status = store.turns.status(thread_id, "turn-1")
+    assert status is not None
+    assert status.tools == {
+        "call_w": {"runs": 1, "done": True},
+        "call_b": {"runs": 2, "done": True},
+    }
+    assert [u["call"] for u in status.usage] == ["0", "1", "2"]
