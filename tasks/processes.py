@@ -119,3 +119,52 @@ class WorkerProcess:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+
+class BeatProcess:
+    """A real ``celery beat`` for this app (its schedule file at ``schedule``), in its
+    own process group; ``stop()`` ends it with SIGTERM, then SIGKILL."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        schedule: str,
+        *,
+        log_path: str | None = None,
+        cwd: str | None = None,
+        loglevel: str = "WARNING",
+    ) -> None:
+        self.env = env
+        self.schedule = schedule
+        self.log_path = log_path
+        self.cwd = cwd
+        self.loglevel = loglevel
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> BeatProcess:
+        command = [
+            sys.executable, "-m", "celery", "-A", "tasks.app", "beat",
+            "-s", self.schedule, "-l", self.loglevel,
+        ]  # fmt: skip
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
+            command,
+            env=self.env,
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)

@@ -23,7 +23,7 @@ from storage.cold import FileColdStore
 from storage.embedded import EmbeddedRedis
 from storage.tiered import Threads
 from tasks.client import ThreadClient
-from tasks.processes import WorkerProcess, client_app
+from tasks.processes import BeatProcess, WorkerProcess, client_app
 from tests.conftest import msg
 from tests.soak import without_model_sdks
 
@@ -52,9 +52,21 @@ class Crashes:
             "AGENT_THREADS_IMPORTS": "tests.agent_tasks",
             "AGENT_THREADS_VISIBILITY_TIMEOUT": "3",
             "AGENT_THREADS_RESTORE_INTERVAL": "1",
+            # the turn timers scaled down 10x from the defaults, in their proportions
+            # (lease 20 s, heartbeat and reconciler every quarter lease):
+            # test_durable_turns.py runs the same kills at the defaults themselves
+            "AGENT_THREADS_LEASE_TTL_MS": "2000",
+            "AGENT_THREADS_HEARTBEAT_MS": "500",
+            "AGENT_THREADS_TURN_RECONCILE_EVERY": "0.5",
+            "AGENT_THREADS_RETRY_BACKOFF_MAX": "2",  # under the 3 s visibility timeout
         }
         env = without_model_sdks(env, log_path.parent / "worker-site")
         self.worker = WorkerProcess(env, QUEUES, log_path=str(log_path), cwd=str(REPO))
+        # the beat runs apart from the workers (as in production) and is never killed:
+        # its turn reconciler re-wakes the turns whose worker died
+        self.beat = BeatProcess(
+            env, str(log_path.parent / "beat-schedule"), log_path=str(log_path), cwd=str(REPO)
+        )
         self.app = client_app("crash-client", env, QUEUES)
         self.client = ThreadClient(self.app, timeout=RESULT_TIMEOUT, resend_after=12)
         self.hot_client = redis.Redis.from_url(self.hot_url)
@@ -86,6 +98,7 @@ class Crashes:
     def close(self) -> None:
         self.stop_killing()
         self.worker.kill()
+        self.beat.stop()
         self.app.close()
         for db in (3, 4, 5):  # leave the session's server clean for other tests
             client = redis.Redis.from_url(self.hot_url.rsplit("/", 1)[0] + f"/{db}")
@@ -98,6 +111,7 @@ class Crashes:
 def crashes(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[Crashes]:
     setup = Crashes(redis_server, tmp_path / "cold", tmp_path / "worker.log")
     setup.worker.start()
+    setup.beat.start()
     try:
         yield setup
     finally:
