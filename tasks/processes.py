@@ -13,15 +13,19 @@ from typing import Any
 
 from celery import Celery
 
+from celeryconfig import broker_settings
+
 
 def client_app(name: str, env: Mapping[str, str], queues: Sequence[str]) -> Celery:
     """A Celery app for a producer in another process than the workers started with
-    ``env`` and ``queues``: their broker and results, ``threads.*`` routed to the
-    first queue and every other task to the last."""
+    ``env`` and ``queues``: their broker and results, their queue and exchange types
+    (RabbitMQ's quorum queues), ``threads.*`` routed to the first queue and every
+    other task to the last."""
     app = Celery(name)
     app.config_from_object("celeryconfig")
     app.conf.update(
         broker_url=env["AGENT_THREADS_BROKER_URL"],
+        **broker_settings(env["AGENT_THREADS_BROKER_URL"], env),
         result_backend=env["AGENT_THREADS_RESULT_BACKEND"],
         task_routes={"threads.*": {"queue": queues[0]}},
         task_default_queue=queues[-1],
