@@ -14,6 +14,7 @@ from typing import Any
 from celery import Celery
 
 from celeryconfig import broker_settings
+from tasks.app import AgentThreadsCelery
 
 
 def client_app(name: str, env: Mapping[str, str], queues: Sequence[str]) -> Celery:
@@ -21,7 +22,7 @@ def client_app(name: str, env: Mapping[str, str], queues: Sequence[str]) -> Cele
     ``env`` and ``queues``: their broker and results, their queue and exchange types
     (RabbitMQ's quorum queues), ``threads.*`` routed to the first queue and every
     other task to the last."""
-    app = Celery(name)
+    app = AgentThreadsCelery(name)
     app.config_from_object("celeryconfig")
     app.conf.update(
         broker_url=env["AGENT_THREADS_BROKER_URL"],
