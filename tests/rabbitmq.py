@@ -21,9 +21,11 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import amqp
+from kombu import Connection
 
 from storage.embedded import ServerProcess, free_port
 
@@ -57,6 +59,21 @@ def _stop_group(process: subprocess.Popen[bytes] | None, timeout: float) -> None
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)  # whatever of the group is left
     process.wait(timeout=10)
+
+
+@dataclass(frozen=True)
+class Vhost:
+    name: str
+    url: str
+    """The AMQP URL of the vhost (a broker URL)."""
+
+
+def message_counts(url: str, queues: list[str]) -> dict[str, int]:
+    """Messages ready in each queue (a passive declare: exact at once, unlike the
+    statistics ``rabbitmqctl list_queues`` shows, which lag by seconds)."""
+    with Connection(url) as connection:
+        channel = connection.default_channel
+        return {q: channel.queue_declare(q, passive=True).message_count for q in queues}
 
 
 class RabbitMQServer(ServerProcess):
@@ -207,18 +224,19 @@ class RabbitMQServer(ServerProcess):
             )
         return done.stdout.decode()
 
-    def add_vhost(self, vhost: str) -> str:
-        """A new vhost that guest may use; returns its AMQP URL."""
-        self.rabbitmqctl("add_vhost", vhost)
-        self.rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        return self.vhost_url(vhost)
+    def add_vhost(self, name: str) -> Vhost:
+        """A new vhost that guest may use."""
+        self.rabbitmqctl("add_vhost", name)
+        self.rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        return Vhost(name, self.vhost_url(name))
 
     def delete_vhost(self, vhost: str) -> None:
         self.rabbitmqctl("delete_vhost", vhost)
 
-    def queue_types(self, vhost: str = "/") -> dict[str, str]:
-        """Queue name -> type (``quorum``, ``classic``) of every queue in ``vhost``."""
-        out = self.rabbitmqctl("list_queues", "-p", vhost, "--no-table-headers", "name", "type")
+    def list_queues(self, vhost: str, column: str) -> dict[str, str]:
+        """Queue name -> ``column`` (``type``, ``messages``, ...) of every queue in ``vhost``
+        (no management plugin needed)."""
+        out = self.rabbitmqctl("list_queues", "-p", vhost, "--no-table-headers", "name", column)
         return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
 
     def stop(self) -> None:
