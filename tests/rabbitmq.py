@@ -68,6 +68,10 @@ class Vhost:
     """The AMQP URL of the vhost (a broker URL)."""
 
 
+DELAY_LEVELS = [f"celery_delayed_{level}" for level in range(28)]
+"""The queues of Celery's native delayed delivery (quorum queues' countdowns)."""
+
+
 def message_counts(url: str, queues: list[str]) -> dict[str, int]:
     """Messages ready in each queue (a passive declare: exact at once, unlike the
     statistics ``rabbitmqctl list_queues`` shows, which lag by seconds)."""

@@ -22,7 +22,7 @@ from storage.embedded import EmbeddedRedis
 from tasks.client import ThreadClient
 from tasks.processes import WorkerProcess, client_app
 from tests.conftest import msg
-from tests.rabbitmq import RabbitMQServer, Vhost, message_counts
+from tests.rabbitmq import DELAY_LEVELS, RabbitMQServer, Vhost, message_counts
 from tests.soak import without_model_sdks
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,7 +95,7 @@ def test_threads_tasks_run_on_quorum_queues(stack: Stack) -> None:
     assert {q: types.get(q) for q in QUEUES} == dict.fromkeys(QUEUES, "quorum")
     # the delay levels of native delayed delivery, declared by the worker
     delayed = {q: t for q, t in types.items() if q.startswith("celery_delayed_")}
-    assert delayed == {f"celery_delayed_{level}": "quorum" for level in range(28)}
+    assert delayed == dict.fromkeys(DELAY_LEVELS, "quorum")
 
 
 def test_retries_wait_their_countdown_in_the_delayed_queues(stack: Stack) -> None:
@@ -115,9 +115,8 @@ def test_retries_wait_their_countdown_in_the_delayed_queues(stack: Stack) -> Non
     # a countdown: the message waits in a delay queue on the broker, not in the worker
     started = time.monotonic()
     later = stack.app.send_task("threads.load", kwargs={"thread_id": "t1"}, countdown=3)
-    delay_levels = [f"celery_delayed_{level}" for level in range(28)]
-    waiting = message_counts(stack.vhost.url, [*delay_levels, *QUEUES])
-    assert sum(waiting[q] for q in delay_levels) == 1
+    waiting = message_counts(stack.vhost.url, [*DELAY_LEVELS, *QUEUES])
+    assert sum(waiting[q] for q in DELAY_LEVELS) == 1
     assert sum(waiting[q] for q in QUEUES) == 0
     assert [m["id"] for m in later.get(timeout=TIMEOUT)["messages"]] == ["turn-1:reply"]
     assert time.monotonic() - started >= 3.0
