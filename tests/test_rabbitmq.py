@@ -17,6 +17,7 @@ import pytest
 import redis
 from celery import Celery
 
+from celeryconfig import broker_settings
 from storage import HotStore
 from storage.embedded import EmbeddedRedis
 from tasks.client import ThreadClient
@@ -120,3 +121,19 @@ def test_retries_wait_their_countdown_in_the_delayed_queues(stack: Stack) -> Non
     assert sum(waiting[q] for q in QUEUES) == 0
     assert [m["id"] for m in later.get(timeout=TIMEOUT)["messages"]] == ["turn-1:reply"]
     assert time.monotonic() - started >= 3.0
+
+
+def test_queue_settings_follow_the_broker_url() -> None:
+    amqp_url, redis_url = "amqp://guest:guest@127.0.0.1:5672//", "redis://127.0.0.1:6379/1"
+    quorum = broker_settings(amqp_url, {})
+    assert quorum["task_default_queue_type"] == quorum["task_create_missing_queue_type"]
+    assert quorum["task_default_queue_type"] == "quorum"
+    assert quorum["task_create_missing_queue_exchange_type"] == "topic"
+    assert "visibility_timeout" not in quorum["broker_transport_options"]
+    classic = broker_settings(amqp_url, {"AGENT_THREADS_QUEUE_TYPE": "classic"})
+    assert classic["task_create_missing_queue_type"] == "classic"
+    with pytest.raises(ValueError, match="AGENT_THREADS_QUEUE_TYPE='stream'"):
+        broker_settings(amqp_url, {"AGENT_THREADS_QUEUE_TYPE": "stream"})
+    redis_broker = broker_settings(redis_url, {"AGENT_THREADS_VISIBILITY_TIMEOUT": "3"})
+    assert redis_broker["broker_transport_options"]["visibility_timeout"] == 3
+    assert redis_broker.keys() == quorum.keys()  # one app can be switched to the other
