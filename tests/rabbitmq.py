@@ -8,7 +8,7 @@ and Erlang cookie (``HOME``). Its port mapper is our own ``epmd`` in the
 foreground on a free port (the node is started with ``-start_epmd false``, so
 it never spawns a daemonized one). ``stop()`` ends both, whatever failed.
 
-Start-up takes about 5 s on a 2-core machine (3.10, no plugins), a graceful stop 3 s.
+Start-up takes 5-8 s on a 2-core machine (3.10, no plugins), a graceful stop 1-3 s.
 """
 
 from __future__ import annotations
