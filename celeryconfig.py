@@ -31,7 +31,8 @@ variable (``AGENT_THREADS_*``); this module and the CLI are the only places that
 | AGENT_THREADS_RECONCILE_EVERY | 60 | beat period of threads.reconcile_activity (seconds) |
 | AGENT_THREADS_RECONCILE_MAX_KEYS | 10000 | keys one reconcile run SCANs (over all nodes) |
 | AGENT_THREADS_VISIBILITY_TIMEOUT | 3600 | Redis broker redelivery delay, see below |
-| AGENT_THREADS_RESTORE_INTERVAL | 10 | seconds between sweeps for tasks of dead workers |
+| AGENT_THREADS_RESTORE_INTERVAL | 10 | Redis broker: sweep period (s) for tasks of dead workers |
+| AGENT_THREADS_QUEUE_TYPE | quorum | RabbitMQ broker: `quorum` or `classic` queues, see below |
 | AGENT_THREADS_QUEUE | agent-threads | the queue of the threads.* tasks |
 | AGENT_THREADS_DEFAULT_QUEUE | celery | the queue of other tasks (your agent tasks) |
 | AGENT_THREADS_IMPORTS | (none) | comma-separated modules with your agent tasks |
@@ -59,29 +60,78 @@ turn step's heartbeat stops when its worker dies, and ``threads.reconcile_turns`
 (``LEASE_TTL_MS``); the late redelivery is then dropped. It must exceed the retry
 countdowns (a message a worker holds for its countdown longer than this is
 delivered twice): the worker checks that at start-up.
+
+RabbitMQ (an ``amqp://`` broker URL) needs neither: it requeues a dead worker's
+unacknowledged messages when its connection closes. Our queues are quorum queues
+(replicated, durable) unless ``QUEUE_TYPE=classic``; a countdown or ETA (a retry)
+then travels through Celery's native delayed delivery (the ``celery_delayed_*``
+queues the worker declares), which needs topic exchanges. Publishes are confirmed.
+An existing queue or exchange keeps its type: switching needs new ones
+(docs/operations.md, "Broker: Redis or RabbitMQ").
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Any
+
+_AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
+_QUEUE_TYPES = ("quorum", "classic")
 
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"AGENT_THREADS_{name}", default)
 
 
+def broker_settings(url: str, env: Mapping[str, str]) -> dict[str, Any]:
+    """The settings that depend on the kind of broker ``url`` names (Redis or
+    RabbitMQ), from the ``AGENT_THREADS_*`` variables in ``env``. Every kind sets
+    the same keys, so an app configured for one broker can be updated to the other
+    (``tasks.processes.client_app``)."""
+
+    def get(name: str, default: str) -> str:
+        return env.get(f"AGENT_THREADS_{name}", default)
+
+    if url.split(":", 1)[0] in _AMQP_SCHEMES:
+        queue_type = get("QUEUE_TYPE", "quorum")
+        if queue_type not in _QUEUE_TYPES:
+            raise ValueError(f"AGENT_THREADS_QUEUE_TYPE={queue_type!r}: use 'quorum' or 'classic'")
+        return {
+            "broker_transport_options": {"confirm_publish": True},
+            "task_default_queue_type": queue_type,
+            "task_create_missing_queue_type": queue_type,  # the task_routes queues
+            # native delayed delivery routes by topic; a direct exchange would make a
+            # worker hold every countdown task in memory until it is due
+            "task_default_exchange_type": "topic",
+            "task_create_missing_queue_exchange_type": "topic",
+        }
+    visibility_timeout = int(get("VISIBILITY_TIMEOUT", "3600"))
+    return {
+        "broker_transport_options": {
+            "visibility_timeout": visibility_timeout,
+            # sweep for tasks of dead workers every N seconds (kombu's default is ~100 s)
+            "unacked_restore_interval": int(get("RESTORE_INTERVAL", "10")),
+            "unacked_restore_throttle": 1,
+            # a worker killed during a sweep holds the sweep lock until it expires
+            "unacked_mutex_expire": min(300, max(5, visibility_timeout)),
+        },
+        # Celery's defaults
+        "task_default_queue_type": "classic",
+        "task_create_missing_queue_type": "classic",
+        "task_default_exchange_type": "direct",
+        "task_create_missing_queue_exchange_type": None,
+    }
+
+
 broker_url = _env("BROKER_URL", "redis://127.0.0.1:6379/1")
 result_backend = _env("RESULT_BACKEND", "redis://127.0.0.1:6379/2")
 broker_connection_retry_on_startup = True
-_visibility_timeout = int(_env("VISIBILITY_TIMEOUT", "3600"))
-broker_transport_options = {
-    "visibility_timeout": _visibility_timeout,
-    # sweep for tasks of dead workers every N seconds (kombu's default is ~100 s)
-    "unacked_restore_interval": int(_env("RESTORE_INTERVAL", "10")),
-    "unacked_restore_throttle": 1,
-    # a worker killed during a sweep holds the sweep lock until it expires
-    "unacked_mutex_expire": min(300, max(5, _visibility_timeout)),
-}
+# broker_transport_options, task_default_queue_type, ... (one setting per key)
+globals().update(broker_settings(broker_url, os.environ))
+# RabbitMQ: no global QoS on quorum queues; countdowns go through the delayed queues
+worker_detect_quorum_queues = True
+broker_native_delayed_delivery_queue_type = "quorum"
 
 # JSON only, in and out: a pickled message is rejected, never executed.
 task_serializer = "json"

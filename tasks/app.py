@@ -15,7 +15,9 @@ import boto3
 import redis
 from botocore.config import Config as BotoConfig
 from celery import Celery
+from celery.result import AsyncResult
 from celery.signals import worker_process_init
+from celery.utils.quorum_queues import detect_quorum_queues
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -27,7 +29,26 @@ from storage.tiered import Threads
 from tasks import logs as _logs  # noqa: F401 - connects the structured-logging signals
 from tasks.metrics import InstrumentedThreads
 
-app = Celery("agent_threads")
+
+class AgentThreadsCelery(Celery):
+    """Celery, with sub-second countdowns made whole on RabbitMQ's quorum queues:
+    native delayed delivery (Celery 5.5+) counts whole seconds and refuses
+    ``0 < countdown < 1`` with a ValueError, which turns a retry (``retry_delay``
+    draws 0.5-1 s for the first) into a rejected, dropped message."""
+
+    def send_task(self, name: str, *args: Any, **options: Any) -> AsyncResult[Any]:
+        countdown = options.get("countdown")
+        if countdown is not None and 0 < countdown < 1 and self._delays_natively():
+            options["countdown"] = 1
+        return super().send_task(name, *args, **options)
+
+    def _delays_natively(self) -> bool:
+        with self.connection_for_write() as connection:
+            driver: str = connection.transport.driver_type
+        return detect_quorum_queues(self, driver)[0]
+
+
+app = AgentThreadsCelery("agent_threads")
 app.config_from_object("celeryconfig")
 
 DEFAULT_NAMESPACE = KeyLayout().namespace

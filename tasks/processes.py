@@ -13,12 +13,16 @@ from typing import Any
 
 from celery import Celery
 
+from celeryconfig import broker_settings
+from tasks.app import AgentThreadsCelery
+
 
 def client_app(name: str, env: Mapping[str, str], queues: Sequence[str]) -> Celery:
     """A Celery app for a producer in another process than the workers started with
     ``env`` and ``queues``: their broker, results and hot tier (the turn records),
-    ``threads.*`` routed to the first queue and every other task to the last."""
-    app = Celery(name)
+    their queue and exchange types (RabbitMQ's quorum queues), ``threads.*`` routed
+    to the first queue and every other task to the last."""
+    app = AgentThreadsCelery(name)
     app.config_from_object("celeryconfig")
     hot: dict[str, Any] = {
         key: env[f"AGENT_THREADS_{key.upper()}"]
@@ -29,6 +33,7 @@ def client_app(name: str, env: Mapping[str, str], queues: Sequence[str]) -> Cele
         hot["redis_cluster"] = env["AGENT_THREADS_REDIS_CLUSTER"].lower() in ("1", "true", "yes")
     app.conf.update(
         broker_url=env["AGENT_THREADS_BROKER_URL"],
+        **broker_settings(env["AGENT_THREADS_BROKER_URL"], env),
         result_backend=env["AGENT_THREADS_RESULT_BACKEND"],
         agent_threads={**app.conf.agent_threads, **hot},  # where the turn records are
         task_routes={"threads.*": {"queue": queues[0]}},

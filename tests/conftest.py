@@ -5,7 +5,9 @@ binary), one S3 endpoint (moto's server over HTTP) and, for the Celery tests,
 one embedded Celery worker (threads pool) on that Redis, and always stops them.
 Redis databases: 0 hot tier (flushed before every test), 1 broker, 2 results.
 Tests that ask for ``redis_cluster`` also get a three-master Redis Cluster
-(``tests/cluster.py``), flushed on every primary before each test.
+(``tests/cluster.py``), flushed on every primary before each test; tests that ask
+for ``rabbitmq_vhost`` a RabbitMQ node (``tests/rabbitmq.py``, skipped where
+rabbitmq-server is not installed) and a fresh vhost of their own.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from storage.cold import ColdStore, FileColdStore, S3ColdStore
 from storage.embedded import EmbeddedRedis
 from storage.tiered import Threads
 from tests.cluster import RedisClusterServer
+from tests.rabbitmq import RabbitMQServer, Vhost, find_rabbitmq_server
 from tests.servers import MotoServer, s3_client_for
 
 pytest_plugins = ("celery.contrib.pytest",)
@@ -79,6 +82,28 @@ def cluster_client(redis_cluster: RedisClusterServer) -> Iterator[redis.RedisClu
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> Iterator[RabbitMQServer]:
+    """One RabbitMQ node (``tests/rabbitmq.py``), started on first use only (5-8 s)."""
+    if find_rabbitmq_server() is None:
+        pytest.skip(
+            "RabbitMQ broker tests need rabbitmq-server (not on PATH or in /usr/sbin): "
+            "`apt-get install rabbitmq-server` (make installs it as root on Debian)"
+        )
+    with RabbitMQServer() as server:
+        yield server
+
+
+@pytest.fixture
+def rabbitmq_vhost(rabbitmq_server: RabbitMQServer) -> Iterator[Vhost]:
+    """A fresh vhost for one test (its queues and messages are its own), deleted after."""
+    vhost = rabbitmq_server.add_vhost(f"test-{uuid.uuid4().hex[:12]}")
+    try:
+        yield vhost
+    finally:
+        rabbitmq_server.delete_vhost(vhost.name)
 
 
 @pytest.fixture(scope="session")

@@ -69,6 +69,7 @@ from storage.tiered import Threads
 from tasks.app import build_threads, settings
 from tasks.client import ThreadClient
 from tasks.processes import WorkerProcess, client_app
+from tests.rabbitmq import DELAY_LEVELS, message_counts
 from tests.servers import s3_client_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -282,11 +283,15 @@ def without_model_sdks(env: dict[str, str], folder: Path) -> dict[str, str]:
 
 class SoakStack:
     """Its own redis-server (hot tier, broker and results in dbs 0, 1, 2), a cold
-    store, an app for the producers, three workers, and storage to inspect."""
+    store, an app for the producers, three workers, and storage to inspect.
+    ``broker_url`` (a RabbitMQ vhost) replaces the Redis broker of db 1."""
 
-    def __init__(self, settings: SoakSettings, tmp_path: Path) -> None:
+    def __init__(
+        self, settings: SoakSettings, tmp_path: Path, broker_url: str | None = None
+    ) -> None:
         self.settings = settings
         self.tmp_path = tmp_path
+        self.broker_url = broker_url
         self.server = EmbeddedRedis(data_dir=tmp_path / "redis")
         self.s3: Any = None
         self.fleet: WorkerFleet | None = None
@@ -312,16 +317,17 @@ class SoakStack:
             "AWS_SECRET_ACCESS_KEY": "test",
             "AGENT_THREADS_COLD_URL": cold["cold_url"],
             "AGENT_THREADS_S3_ENDPOINT_URL": cold["s3_endpoint_url"],
-            "AGENT_THREADS_BROKER_URL": f"{base}/{BROKER_DB}",
+            "AGENT_THREADS_BROKER_URL": self.broker_url or f"{base}/{BROKER_DB}",
             "AGENT_THREADS_RESULT_BACKEND": f"{base}/{RESULTS_DB}",
             "AGENT_THREADS_REDIS_URL": f"{base}/{HOT_DB}",
             "AGENT_THREADS_NAMESPACE": NAMESPACE,
             "AGENT_THREADS_QUEUE": QUEUES[0],
             "AGENT_THREADS_DEFAULT_QUEUE": QUEUES[1],
             "AGENT_THREADS_IMPORTS": "tests.agent_tasks,tests.soak",
-            "AGENT_THREADS_VISIBILITY_TIMEOUT": "3",
-            "AGENT_THREADS_RESTORE_INTERVAL": "1",
         }
+        if self.broker_url is None:  # the Redis broker's redelivery of dead workers' tasks
+            env["AGENT_THREADS_VISIBILITY_TIMEOUT"] = "3"
+            env["AGENT_THREADS_RESTORE_INTERVAL"] = "1"
         env = without_model_sdks(env, self.tmp_path / "worker-site")
         self.app = client_app("soak-client", env, QUEUES)
         self.hot_client = self._client(HOT_DB)
@@ -372,8 +378,10 @@ class SoakStack:
 
 
 @contextmanager
-def soak_stack(settings: SoakSettings, tmp_path: Path) -> Iterator[SoakStack]:
-    stack = SoakStack(settings, tmp_path)
+def soak_stack(
+    settings: SoakSettings, tmp_path: Path, broker_url: str | None = None
+) -> Iterator[SoakStack]:
+    stack = SoakStack(settings, tmp_path, broker_url)
     try:
         yield stack.start()
     finally:
@@ -706,16 +714,21 @@ def wait_until_quiet(stack: SoakStack, timeout: float = 90.0) -> float:
     workers = stack.fleet.workers if stack.fleet is not None else []
     quiet = 0
     while time.monotonic() - started < timeout:
-        queued = sum(
-            broker.llen(key)
-            for key in broker.scan_iter(match="soak-*")
-            if broker.type(key) == b"list"
-        )
-        busy = queued + broker.hlen("unacked")
+        if stack.broker_url is None:
+            queued = sum(
+                broker.llen(key)
+                for key in broker.scan_iter(match="soak-*")
+                if broker.type(key) == b"list"
+            )
+            busy = queued + broker.hlen("unacked")
+        else:  # RabbitMQ: ready in our queues or waiting in a delay level
+            busy = sum(message_counts(stack.broker_url, [*QUEUES, *DELAY_LEVELS]).values())
         if busy == 0:
             inspect = stack.app.control.inspect(timeout=1.0, limit=len(workers))
             running = [t for tasks in (inspect.active() or {}).values() for t in tasks]
             running += [t for tasks in (inspect.scheduled() or {}).values() for t in tasks]
+            if stack.broker_url is not None:  # prefetched, not yet started (unacked)
+                running += [t for tasks in (inspect.reserved() or {}).values() for t in tasks]
             busy = len(running)
         quiet = quiet + 1 if busy == 0 else 0
         if quiet >= 3:

@@ -6,6 +6,7 @@ order, every turn must have exactly one reply with its tool calls answered, and
 every thread must survive a flush (evicting it) and a hydrate unchanged. The
 workload and the exact invariants are described in ``tests/soak.py``.
 
+It runs on both brokers: Redis, and RabbitMQ (quorum queues; half the producing time).
 Default: 40 s of producing (the whole test about a minute and a half on 2 cores).
 Longer: ``AGENT_THREADS_SOAK_SECONDS=240 AGENT_THREADS_SOAK_SCALE=8``; the cold tier
 is S3 (S3ColdStore on a moto server) unless ``AGENT_THREADS_SOAK_COLD=file``. Run with
@@ -14,6 +15,7 @@ is S3 (S3ColdStore on a moto server) unless ``AGENT_THREADS_SOAK_COLD=file``. Ru
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from collections import Counter
@@ -26,6 +28,7 @@ import pytest
 from adapters.scripted import ScriptedAdapter
 from storage.errors import ThreadNotFound
 from tasks.client import ThreadClient
+from tests.rabbitmq import Vhost
 from tests.soak import (
     APPEND_RESEND_AFTER,
     APPEND_THREADS,
@@ -55,9 +58,17 @@ pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 ALL_THREADS = APPEND_THREADS + TURN_THREADS
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[SoakStack]:
-    with soak_stack(SoakSettings.from_env(), tmp_path) as started:
+@pytest.fixture(params=["redis", "rabbitmq"])
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SoakStack]:
+    """The soak on the Redis broker, then on RabbitMQ (a fresh vhost, quorum queues)
+    for half the producing time: the second broker doubles the soak's CPU."""
+    settings = SoakSettings.from_env()
+    broker_url = None
+    if request.param == "rabbitmq":
+        vhost: Vhost = request.getfixturevalue("rabbitmq_vhost")
+        broker_url = vhost.url
+        settings = dataclasses.replace(settings, seconds=settings.seconds / 2)
+    with soak_stack(settings, tmp_path, broker_url) as started:
         yield started
 
 
@@ -235,6 +246,7 @@ def test_soak_every_message_once_in_order_and_every_turn_replied_under_worker_ki
         "seconds_setting": settings.seconds,
         "scale": settings.scale,
         "cold": settings.cold,
+        "broker": "redis" if stack.broker_url is None else "rabbitmq",
     }
     record_property("soak_figures", figures)
     print("\n" + figures_line(figures))

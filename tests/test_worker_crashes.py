@@ -1,8 +1,10 @@
 """Real `celery worker` processes SIGKILLed while append and turn tasks are in flight.
 
-The worker runs in its own process group on separate Redis databases (broker 3,
-results 4, hot tier 5) and queues, with a 3 s visibility timeout so that the
-broker hands an unacknowledged task to the restarted worker within seconds.
+Every test runs on both brokers (``broker``): Redis (database 3, with a 3 s
+visibility timeout so that it hands an unacknowledged task to the restarted worker
+within seconds) and RabbitMQ (a fresh vhost, quorum queues; it requeues a dead
+worker's tasks when its connection drops). The worker runs in its own process group
+on separate Redis databases (results 4, hot tier 5) and queues.
 A killer thread SIGKILLs the worker 0.5-2 s after it came up and starts a new one.
 """
 
@@ -25,6 +27,7 @@ from storage.tiered import Threads
 from tasks.client import ThreadClient
 from tasks.processes import BeatProcess, WorkerProcess, client_app
 from tests.conftest import msg
+from tests.rabbitmq import Vhost
 from tests.soak import without_model_sdks
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,20 +41,22 @@ QUEUES = ["crash-threads", "crash-default"]
 class Crashes:
     """A worker, the app that talks to it, and the storage it writes, for one test."""
 
-    def __init__(self, server: EmbeddedRedis, cold_root: Path, log_path: Path) -> None:
+    def __init__(
+        self, server: EmbeddedRedis, broker_url: str | None, cold_root: Path, log_path: Path
+    ) -> None:
+        """``broker_url``: RabbitMQ's; None for the Redis broker on ``server``."""
         base = f"redis://127.0.0.1:{server.port}"
+        self.broker = "redis" if broker_url is None else "rabbitmq"
         self.hot_url = f"{base}/5"
         env = {
             **os.environ,
-            "AGENT_THREADS_BROKER_URL": f"{base}/3",
+            "AGENT_THREADS_BROKER_URL": broker_url or f"{base}/3",
             "AGENT_THREADS_RESULT_BACKEND": f"{base}/4",
             "AGENT_THREADS_REDIS_URL": self.hot_url,
             "AGENT_THREADS_COLD_URL": f"file://{cold_root}",
             "AGENT_THREADS_QUEUE": QUEUES[0],
             "AGENT_THREADS_DEFAULT_QUEUE": QUEUES[1],
             "AGENT_THREADS_IMPORTS": "tests.agent_tasks",
-            "AGENT_THREADS_VISIBILITY_TIMEOUT": "3",
-            "AGENT_THREADS_RESTORE_INTERVAL": "1",
             # the turn timers scaled down 10x from the defaults, in their proportions
             # (lease 20 s, heartbeat and reconciler every quarter lease):
             # test_durable_turns.py runs the same kills at the defaults themselves
@@ -60,6 +65,9 @@ class Crashes:
             "AGENT_THREADS_TURN_RECONCILE_EVERY": "0.5",
             "AGENT_THREADS_RETRY_BACKOFF_MAX": "2",  # under the 3 s visibility timeout
         }
+        if broker_url is None:
+            env["AGENT_THREADS_VISIBILITY_TIMEOUT"] = "3"
+            env["AGENT_THREADS_RESTORE_INTERVAL"] = "1"
         env = without_model_sdks(env, log_path.parent / "worker-site")
         self.worker = WorkerProcess(env, QUEUES, log_path=str(log_path), cwd=str(REPO))
         # the beat runs apart from the workers (as in production) and is never killed:
@@ -107,9 +115,20 @@ class Crashes:
         self.hot_client.close()
 
 
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker_url(request: pytest.FixtureRequest) -> str | None:
+    """None: the Redis broker (db 3 of the session's server); else a fresh RabbitMQ vhost."""
+    if request.param == "redis":
+        return None
+    vhost: Vhost = request.getfixturevalue("rabbitmq_vhost")
+    return vhost.url
+
+
 @pytest.fixture
-def crashes(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[Crashes]:
-    setup = Crashes(redis_server, tmp_path / "cold", tmp_path / "worker.log")
+def crashes(
+    broker_url: str | None, redis_server: EmbeddedRedis, tmp_path: Path
+) -> Iterator[Crashes]:
+    setup = Crashes(redis_server, broker_url, tmp_path / "cold", tmp_path / "worker.log")
     setup.worker.start()
     setup.beat.start()
     try:
@@ -179,6 +198,7 @@ def test_appends_survive_worker_sigkills_exactly_once_in_producer_order(
         "lost": 0,
         "duplicated": duplicates,
         "resent_after_lost_delivery": crashes.client.resends,
+        "broker": crashes.broker,
         "seconds": round(time.monotonic() - started, 1),
     }
     record_property("figures", figures)
@@ -235,6 +255,7 @@ def test_turns_survive_worker_sigkills_with_exactly_one_reply_each(
         "replies_lost": 0,
         "replies_doubled": 0,
         "turns_resent_after_lost_delivery": crashes.client.resends,
+        "broker": crashes.broker,
         "seconds": round(time.monotonic() - started, 1),
     }
     record_property("figures", figures)
