@@ -47,6 +47,7 @@ class DefaultsStack:
     def __init__(self, server: EmbeddedRedis, broker_url: str, tmp_path: Path) -> None:
         base = f"redis://127.0.0.1:{server.port}"
         self.broker_url = broker_url
+        self.broker = "redis"
         self.hot_url = f"{base}/{HOT_DB}"
         self.flush_dbs = [f"{base}/{db}" for db in (BROKER_DB, RESULTS_DB, HOT_DB)]
         env = {
@@ -120,8 +121,26 @@ class DefaultsStack:
 
 @pytest.fixture
 def stack(redis_server: EmbeddedRedis, tmp_path: Path) -> Iterator[DefaultsStack]:
+    """On the Redis broker (for what does not depend on the broker)."""
     broker = f"redis://127.0.0.1:{redis_server.port}/{BROKER_DB}"
     setup = DefaultsStack(redis_server, broker, tmp_path)
+    try:
+        yield setup
+    finally:
+        setup.close()
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def brokers_stack(
+    request: pytest.FixtureRequest, redis_server: EmbeddedRedis, tmp_path: Path
+) -> Iterator[DefaultsStack]:
+    """On the Redis broker, then on RabbitMQ (quorum queues, a fresh vhost)."""
+    if request.param == "redis":
+        broker = f"redis://127.0.0.1:{redis_server.port}/{BROKER_DB}"
+    else:
+        broker = request.getfixturevalue("rabbitmq_vhost").url
+    setup = DefaultsStack(redis_server, broker, tmp_path)
+    setup.broker = str(request.param)
     try:
         yield setup
     finally:
@@ -153,10 +172,11 @@ def test_defaults_are_what_celeryconfig_ships() -> None:
 
 
 def test_turns_killed_in_a_model_call_a_tool_and_the_flush_finish_once_at_the_defaults(
-    stack: DefaultsStack, record_property: Callable[[str, object], None]
+    brokers_stack: DefaultsStack, record_property: Callable[[str, object], None]
 ) -> None:
     """Three fire-and-forget turns, each caught by one SIGKILL of the worker at a
     different point; the worker (and its beat) is restarted and nobody re-sends."""
+    stack = brokers_stack
     stack.worker.start()
     stack.worker.wait_ready(stack.app)
     turns = {  # thread -> (tool calls, the test agent's timings)
@@ -190,9 +210,9 @@ def test_turns_killed_in_a_model_call_a_tool_and_the_flush_finish_once_at_the_de
     assert stack.count("test:calls:tool-t") == 3  # three replies, none asked twice
     assert stack.count(f"test:tool:{SLOW_FLUSH}1-t-c0") == 1
     assert stack.count(f"test:calls:{SLOW_FLUSH}1-t") == 2
-    figures = {"recovery_seconds_after_the_kill": recovery, "kills": 1}
+    figures = {"broker": stack.broker, "recovery_seconds_after_the_kill": recovery, "kills": 1}
     record_property("figures", figures)
-    print(f"\ndurable turns at the defaults (redis broker): {figures}")
+    print(f"\ndurable turns at the defaults: {figures}")
 
 
 def test_a_step_three_times_longer_than_the_lease_keeps_it(stack: DefaultsStack) -> None:
@@ -225,10 +245,11 @@ def test_a_waiting_client_never_runs_a_long_turn_twice(stack: DefaultsStack) -> 
 
 
 def test_a_turn_whose_message_the_broker_lost_is_finished_by_the_reconciler(
-    stack: DefaultsStack, record_property: Callable[[str, object], None]
+    brokers_stack: DefaultsStack, record_property: Callable[[str, object], None]
 ) -> None:
     """The turn is recorded and sent while no worker runs; the test deletes its message
     from the queue (the Redis broker's delivery gap), then starts the worker."""
+    stack = brokers_stack
     stack.client.turn("lost", [msg("lost-u")], tool_turn(stack), turn_id="lost-t", mode="new")
     stack.wait_for("the message", lambda: stack.purge_queues() >= 1, timeout=10)
     started = time.time()
@@ -238,8 +259,7 @@ def test_a_turn_whose_message_the_broker_lost_is_finished_by_the_reconciler(
     assert status.wakes == 1
     assert stack.count("test:runs:lost-t") == 1
     assert status.finished_ms is not None
-    figures = {
-        "seconds_from_worker_start_to_finished": round(status.finished_ms / 1000 - started, 1)
-    }
+    seconds = round(status.finished_ms / 1000 - started, 1)
+    figures = {"broker": stack.broker, "seconds_from_worker_start_to_finished": seconds}
     record_property("figures", figures)
-    print(f"\nlost message (redis broker): {figures}")
+    print(f"\nlost message: {figures}")
