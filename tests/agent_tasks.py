@@ -75,12 +75,14 @@ def scripted_turn(self: ThreadTask, thread_id: str, turn_id: str, think_ms: int 
 
 
 def _lookup(client: Any, tool_ms: int, first_tool_ms: int) -> Any:
-    """The test tool: counts its executions per tool call id (``test:tool:<call id>``);
+    """The test tool: counts its executions per tool call id (``test:tool:<call id>``,
+    their start times in ``test:toolstarts:<call id>``);
     takes ``tool_ms``, plus ``first_tool_ms`` on the first execution of a turn's first
     tool call."""
 
     def lookup(call_id: str, turn: str) -> str:
         runs = client.incr(f"test:tool:{call_id}")
+        client.rpush(f"test:toolstarts:{call_id}", time.time())
         first = runs == 1 and call_id.endswith("-c0")
         time.sleep((tool_ms + (first_tool_ms if first else 0)) / 1000)
         return f"looked up {call_id} for {turn}"

@@ -21,11 +21,15 @@ Workload and invariants (everything is keyed by message id, so each check is exa
 * Every batch's new ids (not sent before by its producer) are one Lua call: they must
   be stored contiguously and in batch order, whatever the kind of producer.
 * Turn drivers: turn ``n`` of turn thread ``T`` (``T.turn<n>``) appends 1-2 user
-  messages and runs ``test.tool_turn`` with 0-2 tool round trips; a tenth of the turns
-  are sent twice at once. The driver waits for each turn before starting the next, so
-  the exact expected content of a turn thread is known: per turn its user messages,
-  then ``<turn>:call<k>`` (an assistant tool call) and ``<turn>:result<k>`` (the tool
-  result answering that call id) for each round trip, then ``<turn>:assistant``.
+  messages and runs ``test.tool_turn`` (an agent loop) with 1-3 tool calls; a tenth
+  of the turns are sent twice at once. Turns are fire-and-forget (``ThreadClient.turn``)
+  and the driver waits on the turn record before starting the next, never re-sending:
+  the turn reconciler (a beat apart from the killed workers) recovers them. The exact
+  expected content of a turn thread is known: per turn its user messages, then for
+  each tool call ``<turn>:<k>:assistant`` (the call ``<turn>-c<k>``) and
+  ``<turn>:tool:<turn>-c<k>`` (its result), then ``<turn>:<calls>:assistant``.
+* Each tool call runs once, unless a kill hit it between its start and its stored
+  result (the soak matches every second execution to a kill; any other is an error).
 * No turn ever waits for a lease (``threads.acquire_lease`` is never retried): the
   turns of a thread run one after another, so the only possible holder would be a
   late duplicate of a finished turn, which must find that turn finished instead.
@@ -42,10 +46,12 @@ CPU per start importing them, on a 2-core CI machine most of the soak's CPU.
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import os
 import random
 import socket
+import statistics
 import threading
 import time
 from collections import Counter
@@ -61,14 +67,14 @@ from celery.exceptions import TimeoutError as ResultTimeout
 from celery.result import AsyncResult
 from celery.signals import task_prerun
 
-from adapters.base import reply_id
+from adapters.base import reply_id, tool_result_id
 from adapters.scripted import ScriptedAdapter
 from storage.embedded import EmbeddedRedis
 from storage.records import Message
 from storage.tiered import Threads
 from tasks.app import build_threads, settings
 from tasks.client import ThreadClient
-from tasks.processes import WorkerProcess, client_app
+from tasks.processes import BeatProcess, WorkerProcess, client_app
 from tests.rabbitmq import DELAY_LEVELS, message_counts
 from tests.servers import s3_client_for
 
@@ -179,6 +185,8 @@ class WorkerFleet:
         self.startup_s: list[float] = []
         """Seconds from each restart until the worker answered a ping (at most)."""
         self.kills = 0
+        self.kill_times: list[float] = []
+        """When each kill happened (``time.time()``)."""
         self.restarts = 0
         self.unexpected_exits = 0
         self.errors: list[str] = []
@@ -229,6 +237,7 @@ class WorkerFleet:
                     victim = rng.choice(up)
                     self.ready[victim] = False
                     self.workers[victim].kill()
+                    self.kill_times.append(time.time())
                     self.kills += 1
                     self.workers[victim].start()
                     self.started_at[victim] = time.monotonic()
@@ -295,6 +304,7 @@ class SoakStack:
         self.server = EmbeddedRedis(data_dir=tmp_path / "redis")
         self.s3: Any = None
         self.fleet: WorkerFleet | None = None
+        self.beat: BeatProcess | None = None
         self.app: Celery | None = None
         self.threads: Threads | None = None
         self._clients: list[redis.Redis] = []
@@ -325,6 +335,17 @@ class SoakStack:
             "AGENT_THREADS_DEFAULT_QUEUE": QUEUES[1],
             "AGENT_THREADS_IMPORTS": "tests.agent_tasks,tests.soak",
         }
+        # the turn timers scaled down 10x from the defaults, in their proportions (lease,
+        # heartbeat and reconciler every quarter lease); the beat runs apart and is never
+        # killed; test_durable_turns.py kills workers at the defaults themselves
+        env.update(
+            {
+                "AGENT_THREADS_LEASE_TTL_MS": "2000",
+                "AGENT_THREADS_HEARTBEAT_MS": "500",
+                "AGENT_THREADS_TURN_RECONCILE_EVERY": "0.5",
+                "AGENT_THREADS_RETRY_BACKOFF_MAX": "2",  # under the visibility timeout
+            }
+        )
         if self.broker_url is None:  # the Redis broker's redelivery of dead workers' tasks
             env["AGENT_THREADS_VISIBILITY_TIMEOUT"] = "3"
             env["AGENT_THREADS_RESTORE_INTERVAL"] = "1"
@@ -345,6 +366,9 @@ class SoakStack:
         log_dir = self.tmp_path / "logs"
         log_dir.mkdir(exist_ok=True)
         self.fleet = WorkerFleet(env, self.app, log_dir, loglevel=self.settings.loglevel)
+        schedule = str(self.tmp_path / "beat-schedule")
+        self.beat = BeatProcess(env, schedule, log_path=str(log_dir / "beat.log"), cwd=str(REPO))
+        self.beat.start()
         self.fleet.start_all()
         return self
 
@@ -356,6 +380,8 @@ class SoakStack:
     def close(self) -> None:
         """Stop everything this stack started, in reverse order, whatever failed."""
         try:
+            if self.beat is not None:
+                self.beat.stop()
             if self.fleet is not None:
                 self.fleet.close()
         finally:
@@ -405,13 +431,16 @@ class TurnPlan:
     user_ids: list[str]
     tool_calls: int
 
+    def call_id(self, k: int) -> str:
+        return f"{self.turn_id}-c{k}"
+
     def expected_ids(self) -> list[str]:
         steps = [
-            f"{self.turn_id}:{kind}{k}"
+            step
             for k in range(self.tool_calls)
-            for kind in ("call", "result")
+            for step in (reply_id(self.turn_id, k), tool_result_id(self.turn_id, self.call_id(k)))
         ]
-        return [*self.user_ids, *steps, reply_id(self.turn_id)]
+        return [*self.user_ids, *steps, reply_id(self.turn_id, self.tool_calls)]
 
 
 @dataclass
@@ -574,11 +603,12 @@ class Workload:
             plan = TurnPlan(
                 turn_id,
                 [f"{turn_id}.u{j}" for j in range(rng.randint(1, 2))],
-                rng.choice([0, 1, 1, 2]),
+                rng.randint(1, 3),
             )
+            think = rng.choice([0, 10, 50])
             run = self.app.signature(
                 "test.tool_turn",
-                kwargs={"tool_calls": plan.tool_calls, "think_ms": rng.choice([0, 10, 50])},
+                kwargs={"tool_calls": plan.tool_calls, "think_ms": think, "tool_ms": think},
             )
             mode = "new" if n == 0 else "continue"
 
@@ -588,30 +618,24 @@ class Workload:
                     thread_id, records_of(plan.user_ids), run, turn_id=plan.turn_id, mode=mode
                 )
 
-            duplicate = None
-            if rng.random() < 0.1:  # the same turn twice at once
-                self.ledger.count("duplicates_sent")
-                duplicate = send()
             since = time.monotonic()
             try:
-                client.deliver(send)
+                send()
+                if rng.random() < 0.1:  # the same turn again at once: it must do nothing
+                    self.ledger.count("duplicates_sent")
+                    send()
+                status = client.wait_turn(thread_id, turn_id, timeout=RESULT_TIMEOUT)
             except Exception as exc:
                 self.ledger.error(
                     f"thread {thread_id} turn {turn_id}: {exc!r} after "
                     f"{time.monotonic() - since:.0f} s; {self.describe(thread_id)}"
                 )
                 return
+            if status.state != "finished":
+                self.ledger.error(f"thread {thread_id} turn {turn_id} ended {status}")
+                return
             self.ledger.waited(since, f"thread {thread_id} turn {turn_id}")
             plans.append(plan)
-            if duplicate is not None:
-                # Its message may have been lost (nobody re-sends it): wait a while, then
-                # go on; if it is only late, it must still do no harm.
-                try:
-                    duplicate.get(timeout=TURN_RESEND_AFTER)
-                except ResultTimeout:
-                    self.ledger.count("duplicate_turns_unfinished")
-                except Exception as exc:
-                    self.ledger.error(f"thread {thread_id} turn {turn_id} (duplicate): {exc!r}")
         state = {"kind": "turns", "turns": len(plans)}
         client.call("save_state", thread_id=thread_id, state=state)
         self.ledger.states[thread_id] = state
@@ -818,15 +842,15 @@ def check_turn_thread(
             if by_id[user] != user_body(user):
                 problems.append(f"thread {thread_id}: body of {user} changed: {by_id[user]}")
         for k in range(plan.tool_calls):
-            call = by_id[f"{plan.turn_id}:call{k}"]
-            result = by_id[f"{plan.turn_id}:result{k}"]
+            call = by_id[reply_id(plan.turn_id, k)]
+            result = by_id[tool_result_id(plan.turn_id, plan.call_id(k))]
             calls = adapter.tool_call_ids(call)
-            if len(calls) != 1 or adapter.tool_result_ids(result) != calls:
+            if calls != [plan.call_id(k)] or adapter.tool_result_ids(result) != calls:
                 problems.append(
                     f"thread {thread_id} turn {plan.turn_id}: tool call {k} {call} "
                     f"is not answered by its result {result}"
                 )
-        reply = by_id[reply_id(plan.turn_id)]
+        reply = by_id[reply_id(plan.turn_id, plan.tool_calls)]
         want = {
             "role": "assistant",
             "content": f"reply to {user_body(plan.user_ids[-1])['content']}",
@@ -851,3 +875,46 @@ def figures_line(figures: dict[str, Any]) -> str:
 
 def counters(client: redis.Redis, key: str) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in sorted(client.hgetall(key).items())}
+
+
+def turn_figures(
+    hot: redis.Redis, threads: Threads, plans: Sequence[TurnPlan], kill_times: Sequence[float]
+) -> tuple[dict[str, Any], list[str]]:
+    """Tool executions per tool call id, and how long the turns a kill hit took to
+    finish after it, from the test tool's counters and the turn records. A tool call
+    executed twice must have had a kill between its two starts."""
+    problems: list[str] = []
+    twice: list[str] = []
+    executions = 0
+    recoveries: list[float] = []
+    for plan in plans:
+        thread_id = plan.turn_id.split(".turn", 1)[0]
+        for k in range(plan.tool_calls):
+            call = plan.call_id(k)
+            starts = [float(t) for t in hot.lrange(f"test:toolstarts:{call}", 0, -1)]
+            executions += len(starts)
+            if len(starts) == 1:
+                continue
+            explained = all(
+                any(a < kill < b for kill in kill_times) for a, b in itertools.pairwise(starts)
+            )
+            twice.append(f"{call} x{len(starts)} ({'a kill inside it' if explained else '?'})")
+            if not explained or not starts:
+                problems.append(f"tool call {call} ran {len(starts)} times with no kill between")
+        status = threads.turns.status(thread_id, plan.turn_id)
+        if status is None or status.finished_ms is None or status.started_ms is None:
+            continue  # records are bounded; a soak keeps far fewer than 200 per thread
+        if status.wakes or status.takeovers:
+            started, finished = status.started_ms / 1000, status.finished_ms / 1000
+            hits = [kill for kill in kill_times if started <= kill <= finished]
+            if hits:
+                recoveries.append(finished - max(hits))
+    figures = {
+        "tool_calls": sum(p.tool_calls for p in plans),
+        "tool_executions": executions,
+        "tool_calls_executed_twice": twice,
+        "turns_recovered": len(recoveries),
+        "recovery_s_median": round(statistics.median(recoveries), 1) if recoveries else None,
+        "recovery_s_max": round(max(recoveries), 1) if recoveries else None,
+    }
+    return figures, problems

@@ -50,6 +50,7 @@ from tests.soak import (
     first_difference,
     read_content,
     soak_stack,
+    turn_figures,
     wait_until_quiet,
 )
 
@@ -213,6 +214,9 @@ def test_soak_every_message_once_in_order_and_every_turn_replied_under_worker_ki
     turn_runs = [int(hot.get(f"test:runs:{t}") or 0) for t in turn_ids]
     model_calls = [int(hot.get(f"test:calls:{t}") or 0) for t in turn_ids]
     counts: Counter[str] = ledger.counts
+    plans = [plan for tid in TURN_THREADS for plan in ledger.turns.get(tid, [])]
+    tools, tool_problems = turn_figures(hot, threads, plans, fleet.kill_times)
+    problems += tool_problems
     waits = ledger.waits or [(0.0, "nothing")]
     figures = {
         "tasks_sent": counts["append_tasks_sent"] + 5 * counts["turns_sent"],
@@ -220,9 +224,8 @@ def test_soak_every_message_once_in_order_and_every_turn_replied_under_worker_ki
         "appended_messages": sum(len(before[t].records) for t in APPEND_THREADS),
         "turns": len(turn_ids),
         "turn_canvases_sent": counts["turns_sent"],
-        "tool_calls": sum(p.tool_calls for t in TURN_THREADS for p in ledger.turns.get(t, [])),
+        **tools,
         "duplicates_sent": counts["duplicates_sent"],
-        "duplicate_turns_unfinished": counts["duplicate_turns_unfinished"],
         "resends": workload.resends(),
         "kills": fleet.kills,
         "worker_restarts": fleet.restarts,
