@@ -28,6 +28,7 @@ from storage.keys import KeyLayout
 from storage.tiered import Threads
 from tasks import logs as _logs  # noqa: F401 - connects the structured-logging signals
 from tasks.metrics import InstrumentedThreads
+from tasks.preflight import PreflightStep
 
 
 class AgentThreadsCelery(Celery):
@@ -50,6 +51,7 @@ class AgentThreadsCelery(Celery):
 
 app = AgentThreadsCelery("agent_threads")
 app.config_from_object("celeryconfig")
+app.steps["worker"].add(PreflightStep)  # refuse contradictory settings at start-up
 
 DEFAULT_NAMESPACE = KeyLayout().namespace
 
