@@ -267,24 +267,10 @@ class Adapter(ABC):
         thread_id: str,
         turn_id: str,
         call_model: Callable[[dict[str, Any]], Any],
-        *,
-        tool_handlers: Tools | None = None,
-        max_steps: int = DEFAULT_MAX_STEPS,
-        on_interrupted: InterruptedPolicy = "rerun",
-        rewind: bool = False,
         **options: Any,
     ) -> JSON:
-        """``run_agent``, returning only the final reply's body."""
-        return self.run_agent(
-            thread_id,
-            turn_id,
-            call_model,
-            tool_handlers=tool_handlers,
-            max_steps=max_steps,
-            on_interrupted=on_interrupted,
-            rewind=rewind,
-            **options,
-        ).body
+        """``run_agent`` (same options), returning only the final reply's body."""
+        return self.run_agent(thread_id, turn_id, call_model, **options).body
 
     def run_agent(
         self,

@@ -42,7 +42,55 @@ def client_app(name: str, env: Mapping[str, str], queues: Sequence[str]) -> Cele
     return app
 
 
-class WorkerProcess:
+class CeleryProcess:
+    """A ``celery`` command for this app in its own process group, its output in
+    ``log_path``: ``stop()`` ends it with SIGTERM (then SIGKILL), ``kill()`` SIGKILLs
+    the whole group at once (no warm shutdown, no acks), like an OOM kill."""
+
+    stop_timeout = 20.0
+
+    def __init__(self, env: dict[str, str], *, log_path: str | None, cwd: str | None) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.cwd = cwd
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def _spawn(self, arguments: list[str]) -> None:
+        command = [sys.executable, "-m", "celery", "-A", "tasks.app", *arguments]
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self.process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
+            command,
+            env=self.env,
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.starts += 1
+
+    def kill(self) -> None:
+        """SIGKILL the process and everything it started."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+    def stop(self) -> None:
+        """Warm shutdown (SIGTERM), then SIGKILL if it does not end in time."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+class WorkerProcess(CeleryProcess):
     """A real ``celery worker`` for this app in its own process group (the demo, the
     crash tests). ``stop()`` is a warm shutdown; ``kill()`` SIGKILLs the whole group
     at once (no warm shutdown, no acks), like an OOM kill or a lost machine."""
@@ -60,39 +108,24 @@ class WorkerProcess:
         loglevel: str = "WARNING",
         beat_schedule: str | None = None,
     ) -> None:
-        self.env = env
+        super().__init__(env, log_path=log_path, cwd=cwd)
         self.beat_schedule = beat_schedule
         """With a path: the worker also runs the beat (``-B``), its schedule kept there."""
         self.queues = queues
         self.name = f"{name}@%h"
         self.pool = pool
         self.concurrency = concurrency
-        self.log_path = log_path
-        self.cwd = cwd
         self.loglevel = loglevel
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
 
     def start(self) -> WorkerProcess:
-        command = [
-            sys.executable, "-m", "celery", "-A", "tasks.app", "worker",
-            "-P", self.pool, "-c", str(self.concurrency), "-Q", ",".join(self.queues),
+        arguments = [
+            "worker", "-P", self.pool, "-c", str(self.concurrency), "-Q", ",".join(self.queues),
             "-n", self.name, "-l", self.loglevel,
             "--without-heartbeat", "--without-gossip", "--without-mingle",
         ]  # fmt: skip
         if self.beat_schedule:
-            command += ["-B", "-s", self.beat_schedule]
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
-            command,
-            env=self.env,
-            cwd=self.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.starts += 1
+            arguments += ["-B", "-s", self.beat_schedule]
+        self._spawn(arguments)
         return self
 
     def wait_ready(self, app: Any, timeout: float = 60.0) -> None:
@@ -106,29 +139,11 @@ class WorkerProcess:
                 return
         raise TimeoutError(f"celery worker {hostname} did not answer within {timeout} s")
 
-    def kill(self) -> None:
-        """SIGKILL the worker and everything it started."""
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
 
-    def stop(self) -> None:
-        """Warm shutdown (SIGTERM), then SIGKILL if it does not end in time."""
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+class BeatProcess(CeleryProcess):
+    """A real ``celery beat`` for this app, its schedule file at ``schedule``."""
 
-
-class BeatProcess:
-    """A real ``celery beat`` for this app (its schedule file at ``schedule``), in its
-    own process group; ``stop()`` ends it with SIGTERM, then SIGKILL."""
+    stop_timeout = 10.0
 
     def __init__(
         self,
@@ -139,37 +154,10 @@ class BeatProcess:
         cwd: str | None = None,
         loglevel: str = "WARNING",
     ) -> None:
-        self.env = env
+        super().__init__(env, log_path=log_path, cwd=cwd)
         self.schedule = schedule
-        self.log_path = log_path
-        self.cwd = cwd
         self.loglevel = loglevel
-        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> BeatProcess:
-        command = [
-            sys.executable, "-m", "celery", "-A", "tasks.app", "beat",
-            "-s", self.schedule, "-l", self.loglevel,
-        ]  # fmt: skip
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
-            command,
-            env=self.env,
-            cwd=self.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self._spawn(["beat", "-s", self.schedule, "-l", self.loglevel])
         return self
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
