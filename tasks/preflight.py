@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from celery import bootsteps
-from celery.exceptions import ImproperlyConfigured
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "sentinel://", "redis+socket://")
 
@@ -29,7 +28,10 @@ def check_settings(conf: Mapping[str, Any]) -> list[str]:
     ours: Mapping[str, Any] = conf.get("agent_threads") or {}
     lease = int(ours.get("lease_ttl_ms", 20_000))
     beat = int(ours.get("heartbeat_ms", lease // 4))
-    socket_ms = float(ours.get("redis_socket_timeout", 5.0)) * 1000
+    # redis-py retries a timed-out call ``redis_retries`` times: a heartbeat can wait
+    # that many socket timeouts more
+    attempts = 1 + int(ours.get("redis_retries", 1))
+    socket_ms = float(ours.get("redis_socket_timeout", 5.0)) * 1000 * attempts
     if beat < 100:
         problems.append(
             f"heartbeat_ms={beat} (AGENT_THREADS_HEARTBEAT_MS): at least 100 ms, or every "
@@ -44,9 +46,10 @@ def check_settings(conf: Mapping[str, Any]) -> list[str]:
     if lease <= beat + socket_ms:
         problems.append(
             f"lease_ttl_ms={lease} (AGENT_THREADS_LEASE_TTL_MS) must exceed heartbeat_ms "
-            f"({beat}) plus the Redis socket timeout ({socket_ms:.0f} ms, "
-            "AGENT_THREADS_REDIS_SOCKET_TIMEOUT): a heartbeat that waits one timeout must "
-            "still renew the lease in time"
+            f"({beat}) plus the Redis socket timeouts of one call with its retries "
+            f"({socket_ms:.0f} ms: AGENT_THREADS_REDIS_SOCKET_TIMEOUT x (1 + "
+            "AGENT_THREADS_REDIS_RETRIES)): a heartbeat that waits them must still renew "
+            "the lease in time"
         )
     schedule: Mapping[str, Any] = conf.get("beat_schedule") or {}
     periods = {name: float(e.get("schedule", 0)) for name, e in schedule.items() if _is_number(e)}
@@ -100,12 +103,14 @@ def check_settings(conf: Mapping[str, Any]) -> list[str]:
             f"task_soft_time_limit={soft:g} must be shorter than task_time_limit={hard:g}: "
             "the soft limit is the task's chance to stop cleanly before the hard one"
         )
-    slowest = socket_ms / 1000 + float(ours.get("s3_read_timeout", 30))
+    s3_call = float(ours.get("s3_connect_timeout", 5)) + float(ours.get("s3_read_timeout", 30))
+    slowest = socket_ms / 1000 + s3_call * int(ours.get("s3_max_attempts", 3))
     if hard is not None and hard <= slowest:
         problems.append(
             f"task_time_limit={hard:g} s is no longer than one slow storage call ("
-            f"{slowest:g} s: AGENT_THREADS_REDIS_SOCKET_TIMEOUT + AGENT_THREADS_S3_READ_TIMEOUT)"
-            ": a flush could be killed every time it runs, and its turn woken again for ever"
+            f"{slowest:g} s: Redis with its retries, S3 connect + read timeouts x "
+            "AGENT_THREADS_S3_MAX_ATTEMPTS): a flush could be killed every time it runs, and "
+            "its turn woken again for ever"
         )
     return problems
 
@@ -121,7 +126,8 @@ class PreflightStep(bootsteps.Step):
         problems = check_settings(parent.app.conf)
         if problems:
             listed = "\n".join(f"  - {p}" for p in problems)
-            raise ImproperlyConfigured(
+            # SystemExit: the worker ends with status 1 and this message, no traceback
+            raise SystemExit(
                 f"agent-threads: this worker's settings contradict each other:\n{listed}"
             )
         super().__init__(parent, **kwargs)

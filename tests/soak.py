@@ -343,7 +343,7 @@ class SoakStack:
                 "AGENT_THREADS_LEASE_TTL_MS": "2000",
                 "AGENT_THREADS_HEARTBEAT_MS": "500",
                 "AGENT_THREADS_TURN_RECONCILE_EVERY": "0.5",
-                "AGENT_THREADS_REDIS_SOCKET_TIMEOUT": "1",  # a heartbeat waits at most this
+                "AGENT_THREADS_REDIS_SOCKET_TIMEOUT": "0.5",  # 5 s at the defaults
                 "AGENT_THREADS_RETRY_BACKOFF_MAX": "2",  # under the visibility timeout
             }
         )

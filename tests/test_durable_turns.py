@@ -135,12 +135,25 @@ def brokers_stack(
     request: pytest.FixtureRequest, redis_server: EmbeddedRedis, tmp_path: Path
 ) -> Iterator[DefaultsStack]:
     """On the Redis broker, then on RabbitMQ (quorum queues, a fresh vhost)."""
-    if request.param == "redis":
+    yield from _stack(request, str(request.param), redis_server, tmp_path)
+
+
+@pytest.fixture
+def rabbitmq_stack(
+    request: pytest.FixtureRequest, redis_server: EmbeddedRedis, tmp_path: Path
+) -> Iterator[DefaultsStack]:
+    yield from _stack(request, "rabbitmq", redis_server, tmp_path)
+
+
+def _stack(
+    request: pytest.FixtureRequest, broker_name: str, redis_server: EmbeddedRedis, tmp_path: Path
+) -> Iterator[DefaultsStack]:
+    if broker_name == "redis":
         broker = f"redis://127.0.0.1:{redis_server.port}/{BROKER_DB}"
     else:
         broker = request.getfixturevalue("rabbitmq_vhost").url
     setup = DefaultsStack(redis_server, broker, tmp_path)
-    setup.broker = str(request.param)
+    setup.broker = broker_name
     try:
         yield setup
     finally:
@@ -215,25 +228,44 @@ def test_turns_killed_in_a_model_call_a_tool_and_the_flush_finish_once_at_the_de
     print(f"\ndurable turns at the defaults: {figures}")
 
 
-def test_a_step_three_times_longer_than_the_lease_keeps_it(stack: DefaultsStack) -> None:
+def lose_a_turn(stack: DefaultsStack, thread_id: str) -> None:
+    """Record and send a turn while no worker runs, then delete its message from the
+    queue (the Redis broker's delivery gap)."""
+    agent = tool_turn(stack, tool_calls=1)
+    stack.client.turn(
+        thread_id, [msg(f"{thread_id}-u")], agent, turn_id=f"{thread_id}-t", mode="new"
+    )
+    stack.wait_for("the message", lambda: stack.purge_queues() >= 1, timeout=10)
+
+
+def check_lost_turn(stack: DefaultsStack, thread_id: str, started: float) -> dict[str, Any]:
+    status = finished(stack, thread_id, f"{thread_id}-t")
+    assert stack.ids(thread_id) == expected_ids(thread_id, f"{thread_id}-t", 1)
+    assert status.wakes == 1  # the reconciler sent it again; nobody else did
+    assert stack.count(f"test:runs:{thread_id}-t") == 1
+    assert status.finished_ms is not None
+    seconds = round(status.finished_ms / 1000 - started, 1)
+    return {"broker": stack.broker, "seconds_from_worker_start_to_finished": seconds}
+
+
+def test_a_long_step_a_waiting_client_and_a_lost_message_at_the_defaults(
+    stack: DefaultsStack, record_property: Callable[[str, object], None]
+) -> None:
+    """Three turns on one worker at the defaults, at once (no kill):
+
+    * ``long``: its model call takes 3 leases; it keeps the lease (no wake, no
+      takeover, every step run once, the heartbeat beat all along);
+    * ``waited``: ``run_turn`` with ``resend_after`` a third of each of its steps:
+      it waits on the record, so the model is called once per reply, each tool once;
+    * ``lost``: its message was deleted before any worker ran: the reconciler."""
     lease_ms = int(settings()["lease_ttl_ms"])
+    lose_a_turn(stack, "lost")
+    started = time.time()
     stack.worker.start()
     stack.worker.wait_ready(stack.app)
     agent = tool_turn(stack, tool_calls=1, first_think_ms=3 * lease_ms)
     stack.client.turn("long", [msg("long-u")], agent, turn_id="long-t", mode="new")
-    status = finished(stack, "long", "long-t")
-    assert stack.ids("long") == expected_ids("long", "long-t", 1)
-    assert stack.count("test:calls:long-t") == 2  # two replies, each asked once
-    assert stack.count("test:tool:long-t-c0") == 1
-    assert (status.wakes, status.takeovers) == (0, 0)
-    assert status.attempt == len(status.steps)  # every step ran once
-    assert int(status.record.get("beats", 0)) >= 3 * lease_ms // settings()["heartbeat_ms"] - 1
 
-
-def test_a_waiting_client_never_runs_a_long_turn_twice(stack: DefaultsStack) -> None:
-    """``run_turn`` with a ``resend_after`` a third of each step: it waits on the record."""
-    stack.worker.start()
-    stack.worker.wait_ready(stack.app)
     client = ThreadClient(stack.app, timeout=240, resend_after=1.0)
     agent = tool_turn(stack, tool_calls=2, think_ms=3000, tool_ms=3000)
     client.run_turn("waited", [msg("waited-u")], agent, turn_id="waited-t", mode="new")
@@ -243,23 +275,27 @@ def test_a_waiting_client_never_runs_a_long_turn_twice(stack: DefaultsStack) -> 
     assert [stack.count(f"test:tool:waited-t-c{n}") for n in range(2)] == [1, 1]
     assert client.resends == 0
 
+    figures = check_lost_turn(stack, "lost", started)
 
-def test_a_turn_whose_message_the_broker_lost_is_finished_by_the_reconciler(
-    brokers_stack: DefaultsStack, record_property: Callable[[str, object], None]
+    status = finished(stack, "long", "long-t")
+    assert stack.ids("long") == expected_ids("long", "long-t", 1)
+    assert stack.count("test:calls:long-t") == 2  # two replies, each asked once
+    assert stack.count("test:tool:long-t-c0") == 1
+    assert (status.wakes, status.takeovers) == (0, 0)
+    assert status.attempt == len(status.steps)  # every step ran once
+    assert int(status.record.get("beats", 0)) >= 3 * lease_ms // settings()["heartbeat_ms"] - 1
+    record_property("figures", figures)
+    print(f"\nlost message: {figures}")
+
+
+def test_a_turn_whose_message_rabbitmq_lost_is_finished_by_the_reconciler(
+    rabbitmq_stack: DefaultsStack, record_property: Callable[[str, object], None]
 ) -> None:
-    """The turn is recorded and sent while no worker runs; the test deletes its message
-    from the queue (the Redis broker's delivery gap), then starts the worker."""
-    stack = brokers_stack
-    stack.client.turn("lost", [msg("lost-u")], tool_turn(stack), turn_id="lost-t", mode="new")
-    stack.wait_for("the message", lambda: stack.purge_queues() >= 1, timeout=10)
+    """RabbitMQ has no delivery gap, but a queue can be purged or a message dropped by
+    a policy: the same recovery as on the Redis broker."""
+    lose_a_turn(rabbitmq_stack, "lost")
     started = time.time()
-    stack.worker.start()
-    status = finished(stack, "lost", "lost-t")
-    assert stack.ids("lost") == expected_ids("lost", "lost-t", 1)
-    assert status.wakes == 1
-    assert stack.count("test:runs:lost-t") == 1
-    assert status.finished_ms is not None
-    seconds = round(status.finished_ms / 1000 - started, 1)
-    figures = {"broker": stack.broker, "seconds_from_worker_start_to_finished": seconds}
+    rabbitmq_stack.worker.start()
+    figures = check_lost_turn(rabbitmq_stack, "lost", started)
     record_property("figures", figures)
     print(f"\nlost message: {figures}")
