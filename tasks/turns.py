@@ -187,12 +187,8 @@ def agent_turn(
     run: Signature[Any],
     *,
     turn_id: str,
-    mode: Mode = "continue",
-    source: str | None = None,
-    up_to_id: str | None = None,
-    state: Mapping[str, Any] | None = None,
-    lease_ttl_ms: int | None = None,
     app: Celery | None = None,
+    **options: Any,
 ) -> Any:
     """The canvas of one agent turn; call ``.apply_async()`` (or ``.delay()``) on it,
     or better ``ThreadClient.turn``, which records the turn before sending it (so a
@@ -201,17 +197,8 @@ def agent_turn(
     ``run`` is a signature of your agent task (a ``ThreadTask``); it is called with
     the extra keyword arguments ``thread_id`` and ``turn_id``. ``turn_id`` must be
     unique per turn and stable across retries (e.g. the request id that started it).
+    ``options`` are ``plan_turn``'s: ``mode``, ``source``, ``up_to_id``, ``state``,
+    ``lease_ttl_ms``.
     """
-    spec = plan_turn(
-        thread_id,
-        new_messages,
-        run,
-        turn_id=turn_id,
-        mode=mode,
-        source=source,
-        up_to_id=up_to_id,
-        state=state,
-        lease_ttl_ms=lease_ttl_ms,
-        app=app,
-    )
+    spec = plan_turn(thread_id, new_messages, run, turn_id=turn_id, app=app, **options)
     return turn_canvas(spec, 0, app or run.app or default_app)
