@@ -22,12 +22,15 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 from storage.errors import AgentThreadsError, SnapshotCorrupt
 from storage.keys import validate_message_id, validate_thread_id
 from storage.records import Message, decode_records, encode_state
+
+if TYPE_CHECKING:
+    from storage.archive import Layout
 
 FORMAT = "agent-threads/snapshot"
 SCHEMA = 1
@@ -67,6 +70,9 @@ class Snapshot:
     ("" in archives written before lineage heads)."""
     last_merge: dict[str, Any] | None = None
     """The last merge of a diverged hot copy with its archive (``storage.lineage``)."""
+    layout: Layout | None = field(default=None, compare=False)
+    """Where a schema-2 archive keeps these records (``storage.archive``); None for a
+    schema-1 archive and for a snapshot read from the hot tier."""
 
     def messages(self) -> list[Message]:
         return decode_records(self.records)
@@ -92,7 +98,7 @@ def _loads(data: bytes, failure: str) -> Any:
         raise SnapshotCorrupt(f"{failure} ({type(exc).__name__})") from exc
 
 
-def _record_prefix(message_id: str) -> bytes:
+def record_prefix(message_id: str) -> bytes:
     if '"' in message_id or "\\" in message_id:  # needs JSON escaping
         return b'{"id":' + json.dumps(message_id, ensure_ascii=False).encode() + b',"body":'
     return b'{"id":"' + message_id.encode() + b'","body":'
@@ -156,7 +162,7 @@ def _zstd() -> Any:
     return zstandard
 
 
-def _decompress(data: bytes, max_bytes: int) -> bytes:
+def decompress(data: bytes, max_bytes: int) -> bytes:
     try:
         if data[:2] == GZIP_MAGIC:
             unpacker = zlib.decompressobj(31)
@@ -196,7 +202,7 @@ def decode_snapshot(
     data: bytes, thread_id: str, *, max_bytes: int = DEFAULT_MAX_SNAPSHOT_BYTES
 ) -> Snapshot:
     """Validate and decode; ``SnapshotCorrupt`` unless it is a sound snapshot of ``thread_id``."""
-    raw = _decompress(data, max_bytes)
+    raw = decompress(data, max_bytes)
     header_line, _, payload = raw.partition(b"\n")
     header = _loads(header_line, "snapshot header is not JSON")
     if not isinstance(header, dict) or header.get("format") != FORMAT:
@@ -248,7 +254,7 @@ def decode_snapshot(
         raise SnapshotCorrupt(f"snapshot records of {thread_id!r} are malformed")
     for message_id, record, value in zip(ids, records, parsed, strict=True):
         if not (
-            record.startswith(_record_prefix(message_id))
+            record.startswith(record_prefix(message_id))
             and isinstance(value, dict)
             and value.keys() == {"id", "body"}
             and value["id"] == message_id

@@ -313,7 +313,8 @@ def test_object_key_is_prefix_shard_and_thread_id(any_cold: ColdStore) -> None:
     any_cold.write(TID, snapshot(), None)
 
     key = expected_key(TID)
-    assert stored_keys(any_cold) == [key]
+    [base] = any_cold.list_parts(TID)
+    assert stored_keys(any_cold) == [key, key.removesuffix(".json.gz") + ".parts/" + base.name]
     shard = key.split("/")[1]
     assert len(shard) == 2
     assert all(c in "0123456789abcdef" for c in shard)
@@ -333,7 +334,10 @@ def test_two_threads_do_not_interfere(any_cold: ColdStore) -> None:
     assert replaced != theirs
     assert any_cold.read(TID) is None
     assert any_cold.read(OTHER_TID) == (snapshot(OTHER_TID, version=5), theirs)
-    assert stored_keys(any_cold) == [expected_key(OTHER_TID)]
+    left = stored_keys(any_cold)
+    other = expected_key(OTHER_TID)
+    assert left[0] == other
+    assert all(k.startswith(other.removesuffix(".json.gz") + ".parts/") for k in left[1:])
 
 
 # --- corruption -----------------------------------------------------------------
@@ -444,7 +448,12 @@ def test_a_zstd_store_round_trips_and_either_compression_reads_both(
     with pytest.raises(ColdStoreConflict):
         zstd.write(TID, snapshot(version=3), etag)
     assert any_cold.read(TID) == (snapshot(version=2), replaced)
-    assert raw_object(any_cold, TID).startswith(ZSTD_MAGIC)
+    found = any_cold.read(TID)
+    assert found is not None
+    assert found[0].layout is not None
+    base = any_cold.get_part(TID, found[0].layout.base.name)
+    assert base is not None
+    assert base.startswith(ZSTD_MAGIC)
 
 
 KMS_KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/0a1b2c3d-agent-threads-test"
