@@ -113,3 +113,12 @@ local function swap_staged(s_msgs, s_ids, n)
   redis.call('PERSIST', K_IDS)
   return true
 end
+
+-- The list changed other than at its end (truncate, replace, a move to the front, a
+-- rebase): the archive's records are no longer a prefix of it, so the next flush
+-- writes a new base (storage/archive.py). 'rewrites' tells a flush that read the list
+-- in chunks, or is about to record what it archived, that it changed meanwhile.
+local function rewritten()
+  redis.call('HDEL', K_META, 'cold_len')
+  redis.call('HINCRBY', K_META, 'rewrites', 1)
+end

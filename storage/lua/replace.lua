@@ -56,6 +56,7 @@ else
   chunked('HSET', K_IDS, retired)
   write_records(K_MSGS, K_IDS, 4, n, 0)
 end
+rewritten()
 local version = bump()
 touch(ttl)
 return {'ok', 1, n, version}
