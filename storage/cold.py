@@ -459,7 +459,7 @@ class FileColdStore:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ColdStoreUnavailable(f"cannot create {directory}: {exc}") from exc
-        self._replace(directory / name, data)
+        self._replace(directory / name, data, create_only=True)
 
     def delete_parts(self, thread_id: str, names: Iterable[str]) -> None:
         directory = self._parts_dir(thread_id)
@@ -509,16 +509,25 @@ class FileColdStore:
         return self._etag(data)
 
     @staticmethod
-    def _replace(path: Path, data: bytes) -> None:
+    def _replace(path: Path, data: bytes, *, create_only: bool = False) -> None:
         """Write ``data`` to a temporary, fsync it and rename it into place: readers see
-        the old content or the new, never a torn file."""
+        the old content or the new, never a torn file. ``create_only``: hard-link it
+        into place instead, which fails if ``path`` exists (``ColdStoreConflict``)."""
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
             with open(tmp, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp, path)
+            if create_only:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise ColdStoreConflict(f"{path} exists already") from None
+                finally:
+                    tmp.unlink(missing_ok=True)
+            else:
+                os.replace(tmp, path)
             directory = os.open(path.parent, os.O_RDONLY)
             try:
                 os.fsync(directory)

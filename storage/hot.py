@@ -849,8 +849,8 @@ class HotStore:
         whole: bool = False,
     ) -> tuple[list[bytes], list[Any], list[Any]]:
         """The records ``[start, stop)`` (``stop``: ``source.length``) in chunks of
-        ``CHUNK_RECORDS``, each one MULTI/EXEC that also checks the list was not rewritten since
-        ``source`` was read (else ``ListRewritten``: read again). ``whole``: also the
+        ``CHUNK_RECORDS``, each one pipeline that also checks the list was not rewritten
+        since ``source`` was read (else ``ListRewritten``: read again). ``whole``: also the
         ledger and every finished turn, read with the first chunk."""
         keys = self.keys(thread_id)
         records: list[bytes] = []
@@ -862,24 +862,27 @@ class HotStore:
             last = min(first + CHUNK_RECORDS, end) - 1
 
             def chunk(first: int = first, last: int = last) -> list[Any]:
-                pipe = self.redis.pipeline(transaction=True)
-                pipe.hmget(keys.meta, "epoch", "rewrites")
+                # Not MULTI (a full Redis refuses EXEC, and an idle flush must free it):
+                # the check comes after the reads, and 'rewrites' only grows, so an
+                # unchanged value means nothing rewrote the list since flush_read.
+                pipe = self.redis.pipeline(transaction=False)
                 if last >= first:
                     pipe.lrange(keys.msgs, first, last)
                 if whole and first == start:
                     pipe.hgetall(keys.ids)
                     pipe.hkeys(keys.turns)
+                pipe.hmget(keys.meta, "epoch", "rewrites")
                 result: list[Any] = pipe.execute()
                 return result
 
             reply = self._redis_call(chunk, "read_records")
-            epoch, rewrites = (None if v is None else _text(v) for v in reply[0])
+            epoch, rewrites = (None if v is None else _text(v) for v in reply[-1])
             if epoch != source.epoch or (rewrites or "0") != source.rewrites:
                 raise ListRewritten(thread_id)
             if last >= first:
-                records += [r.encode() if isinstance(r, str) else bytes(r) for r in reply[1]]
+                records += [r.encode() if isinstance(r, str) else bytes(r) for r in reply[0]]
             if whole and first == start:
-                ledger, finished = _flat(reply[-2]), list(reply[-1])
+                ledger, finished = _flat(reply[-3]), list(reply[-2])
             first = last + 1
             if first >= end:
                 break

@@ -9,6 +9,7 @@ key layout, and typed transient/permanent errors.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
@@ -25,6 +26,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from storage.archive import plan, write_segment
 from storage.cold import ColdStore, FileColdStore, S3ColdStore
 from storage.embedded import free_port
 from storage.errors import (
@@ -617,3 +619,85 @@ def test_a_listing_of_a_missing_bucket_is_a_permanent_error(any_s3_cold: S3ColdS
 
     assert raised.value.transient is False
     assert missing.bucket in str(raised.value)
+
+
+# --- parts (schema 2) ---------------------------------------------------------------
+
+PART = "seg-2-00112233445566aa.gz"
+
+
+def test_a_part_round_trips_and_is_create_only(any_cold: ColdStore) -> None:
+    assert any_cold.get_part(TID, PART) is None
+    any_cold.put_part(TID, PART, b"first")
+
+    with pytest.raises(ColdStoreConflict):
+        any_cold.put_part(TID, PART, b"second")
+
+    assert any_cold.get_part(TID, PART) == b"first"
+    [listed] = any_cold.list_parts(TID)
+    assert (listed.name, listed.size) == (PART, 5)
+    assert listed.last_modified.tzinfo is not None
+
+
+def test_parts_are_per_thread_and_never_listed_as_archives(any_cold: ColdStore) -> None:
+    any_cold.write(TID, snapshot(), None)
+    any_cold.put_part(OTHER_TID, PART, b"theirs")
+
+    assert [o.thread_id for o in any_cold.list()] == [TID]
+    assert any_cold.get_part(TID, PART) is None
+    assert [p.name for p in any_cold.list_parts(OTHER_TID)] == [PART]
+
+
+def test_delete_parts_is_idempotent_and_leaves_other_parts(any_cold: ColdStore) -> None:
+    other = "seg-3-00112233445566bb.gz"
+    any_cold.put_part(TID, PART, b"a")
+    any_cold.put_part(TID, other, b"b")
+
+    any_cold.delete_parts(TID, [PART, "seg-9-00112233445566cc.gz"])
+    any_cold.delete_parts(TID, [PART])
+
+    assert [p.name for p in any_cold.list_parts(TID)] == [other]
+
+
+def test_an_archive_whose_part_is_missing_is_corrupt(any_cold: ColdStore) -> None:
+    any_cold.write(TID, snapshot(), None)
+    [base] = any_cold.list_parts(TID)
+    any_cold.delete_parts(TID, [base.name])
+
+    with pytest.raises(SnapshotCorrupt, match="does not exist"):
+        any_cold.read(TID)
+
+
+def test_a_part_that_differs_from_its_manifest_is_corrupt(any_cold: ColdStore) -> None:
+    any_cold.write(TID, snapshot(), None)
+    [base] = any_cold.list_parts(TID)
+    data = any_cold.get_part(TID, base.name)
+    assert data is not None
+    any_cold.delete_parts(TID, [base.name])
+    any_cold.put_part(TID, base.name, _flip_last_record_byte(data))
+
+    with pytest.raises(SnapshotCorrupt, match="checksum"):
+        any_cold.read(TID)
+
+
+def test_segments_written_after_a_base_read_back_in_order(any_cold: ColdStore) -> None:
+    first = snapshot(version=1)
+    etag = any_cold.write(TID, first, None)
+    found = any_cold.read(TID)
+    assert found is not None
+    assert found[0].layout is not None
+    later = dataclasses.replace(first, version=2, records=(), ids=())
+    record = b'{"id":"m3","body":"text of m3"}'
+    step = plan(found[0].layout, 2, 3, len(record))
+
+    written = write_segment(
+        any_cold, later, [record], ["turn-1"], step, found[0].layout, etag, now_ms=1
+    )
+
+    again = any_cold.read(TID)
+    assert again is not None
+    assert again[1] == written.etag
+    assert again[0].ids == ("m1", "m2", "m3")
+    assert again[0].records == (*first.records, record)
+    assert again[0].finished_turns == ("turn-1",)
+    assert [p.kind for p in written.layout.parts] == ["base", "segment"]

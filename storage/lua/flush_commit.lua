@@ -59,7 +59,9 @@ if release_owner ~= '' then
   if redis.call('GET', K_LEASE) == release_owner then
     redis.call('DEL', K_LEASE)
   end
-  redis.call('HSETNX', K_TURNS, release_owner, version)
+  if redis.call('HEXISTS', K_TURNS, release_owner) == 0 then
+    redis.call('HSET', K_TURNS, release_owner, version)
+  end
 end
 if evicting then
   redis.call('HSET', K_ARCHIVED, 'version', archived, 'etag', etag, 'epoch', epoch)
