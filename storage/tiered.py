@@ -392,6 +392,9 @@ class Threads:
             self.hot.activity.push_back([thread_id], now - idle_ms + backoff_ms)
             raise
         if result.evicted:  # flush already dropped its index entry
+            # an idle thread's archive is at rest: sweep parts a crash left unreferenced
+            with contextlib.suppress(AgentThreadsError):
+                self.collect_parts(thread_id)
             return "evicted"
         if result.status in ("absent", "unchanged") and not result.version:  # gone already
             self.hot.forget_activity(thread_id)

@@ -317,3 +317,21 @@ def test_a_rewrite_between_two_chunks_is_read_again(hot: HotStore, cold: ColdSto
 
     assert_archive_is_the_hot_copy(threads, "t1")
     assert threads.hot.info("t1").length == 7
+
+
+def test_an_idle_eviction_sweeps_parts_a_crashed_flush_left(hot: HotStore, cold: ColdStore) -> None:
+    threads = Threads(hot, cold, part_gc_delay_seconds=0)
+    threads.open("t1", "new")
+    threads.append("t1", [msg("m1")])
+    threads.flush("t1", evict=False)
+    threads.cold.put_part("t1", "seg-1-0123456789abcdef.gz", b"uploaded, manifest never written")
+    threads.append("t1", [msg("m2")])
+
+    assert threads.evict_idle("t1", 0) == "evicted"
+
+    found = threads.cold.read("t1")
+    assert found is not None
+    assert found[0].layout is not None
+    assert {p.name for p in threads.cold.list_parts("t1")} == {
+        p.name for p in found[0].layout.parts
+    }
