@@ -95,7 +95,7 @@ local function write_records(msgs_key, ids_key, base, n, first)
   chunked('HSET', ids_key, ledger)
 end
 
--- Swap n records staged by stage.lua (and their ledger) in as the thread's list and
+-- Swap n records staged by HotStore._stage (and their ledger) in as the thread's list and
 -- ledger, with no expiry of their own. False, and the staging dropped, if the
 -- staging list does not hold exactly n records (it expired: start over).
 local function swap_staged(s_msgs, s_ids, n)
