@@ -58,7 +58,7 @@ SEGMENT_FORMAT = "agent-threads/segment"
 SCHEMA = 2
 MAX_SEGMENTS = 16
 """At most this many segments after the base: a hydrate fetches at most 17 parts."""
-GC_DELAY_MS = 300_000
+GC_DELAY_MS = 60_000
 """Default delay before an unreferenced part is deleted (well over any hydrate's reads)."""
 MAX_GARBAGE = 256
 """Garbage entries a manifest carries at most; older ones are deleted at once (a hydrate
