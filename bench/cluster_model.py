@@ -133,7 +133,9 @@ ASSUMPTIONS: dict[str, Any] = {
     "hot_turn_records_per_thread": 20,
     "hydrate_fraction": 0.1,
     "new_thread_fraction": 0.05,
+    "model_seconds_per_turn": 5,
     "redis_cpu_target": 0.5,
+    "cluster_max_masters": 1000,
     "maxmemory_gib_per_master": 16,
     "worker_cpu_target": 0.7,
     "s3_put_per_prefix": 3500,
@@ -504,127 +506,110 @@ def measure_op(
 
 
 def operations(ctx: OpContext, mode: Mode) -> list[dict[str, Any]]:
-    t = ctx.threads
+    t, turns, hot = ctx.threads, ctx.threads.turns, ctx.threads.hot
     n = mode.op_calls + mode.monitor_calls
-    sample = mode.monitor_calls
     run = uuid.uuid4().hex[:6]
     ids = [f"op-{run}-{i:05d}" for i in range(n)]
+    owner = [f"turn-{run}-{i}" for i in range(n)]
+    token = [uuid.uuid4().hex for _ in range(n)]
     history = 20
+    lease = 20_000
 
-    measure_op(
-        ctx,
-        "create",
-        "Threads.open(tid, 'new')",
-        lambda i: t.open(ids[i], "new"),
-        mode.op_calls,
-        sample,
+    def op(name: str, what: str, call: Callable[[int], Any], calls: int = mode.op_calls) -> None:
+        measure_op(ctx, name, what, call, calls, mode.monitor_calls)
+
+    def add_one(tag: str) -> None:  # untimed: one new message each, so a flush uploads
+        for i, tid in enumerate(ids):
+            t.append(tid, [{"id": f"{tag}-{i}", "body": chat_body(i)}])
+
+    record = encode_message({"id": "raw", "body": chat_body(0)}).record
+    raw = [f"raw:{{{tid}}}" for tid in ids]
+    op(
+        "baseline RPUSH",
+        "raw RPUSH of one 1 KB record (no script)",
+        lambda i: hot.redis.rpush(raw[i], record),
     )
+    for key in raw:  # one slot per key: no multi-key DEL on a cluster
+        hot.redis.delete(key)
+    member = [json.dumps([tid, "x"]) for tid in ids]
+    op(
+        "index ZADD", "raw ZADD into the thread's turn-index shard",
+        lambda i: hot.redis.zadd(hot.layout.turns_of(ids[i]), {member[i]: i}),
+    )  # fmt: skip
+    for i, tid in enumerate(ids):
+        hot.redis.zrem(hot.layout.turns_of(tid), member[i])
+    op("create", "Threads.open(tid, 'new')", lambda i: t.open(ids[i], "new"))
     for tid in ids:  # untimed: a 20-message history for the reads
         t.append(tid, [{"id": f"h{k}", "body": chat_body(k)} for k in range(history)])
-    measure_op(
-        ctx, "append", "Threads.append(tid, [1 message])",
+    op(
+        "append", "Threads.append(tid, [1 message])",
         lambda i: t.append(ids[i], [{"id": f"m-{i}", "body": chat_body(i)}]),
-        mode.op_calls, sample,
     )  # fmt: skip
-    measure_op(
-        ctx,
-        "get",
-        "Threads.get(tid, [1 id])",
-        lambda i: t.get(ids[i], ["h3"]),
-        mode.op_calls,
-        sample,
-    )
-    measure_op(
-        ctx,
-        "load",
-        f"Threads.load(tid) ({history + 1} msgs)",
-        lambda i: t.load(ids[i]),
-        mode.op_calls,
-        sample,
-    )
-    owner = [f"turn-{run}-{i}" for i in range(n)]
-    measure_op(
-        ctx, "acquire_lease", "Threads.acquire_lease(tid, owner, 20 s)",
-        lambda i: t.acquire_lease(ids[i], owner[i], 20_000), mode.op_calls, sample,
+    op("get", "Threads.get(tid, [1 id])", lambda i: t.get(ids[i], ["h3"]))
+    op("load", f"Threads.load(tid) ({history + 1} messages)", lambda i: t.load(ids[i]))
+    op(
+        "acquire_lease", "Threads.acquire_lease(tid, owner, 20 s)",
+        lambda i: t.acquire_lease(ids[i], owner[i], lease),
     )  # fmt: skip
     steps = ["hydrate", "acquire_lease", "append", "run:bench.cluster_agent", "flush"]
     spec = {"steps": steps, "thread_id": "x", "messages": [user_message("x")]}
-    turns = t.turns
-    measure_op(
-        ctx, "turn_submit", "TurnStore.submit (index ZADD + script)",
-        lambda i: turns.submit(ids[i], owner[i], steps=steps, spec=spec, lease_ms=20_000),
-        mode.op_calls, sample,
+    op(
+        "turn_submit", "TurnStore.submit (index ZADD + script)",
+        lambda i: turns.submit(ids[i], owner[i], steps=steps, spec=spec, lease_ms=lease),
     )  # fmt: skip
-    token = [uuid.uuid4().hex for _ in range(n)]
-    measure_op(
-        ctx, "turn_begin", "TurnStore.begin (claim step 0)",
+    op(
+        "turn_begin", "TurnStore.begin (claim a step)",
         lambda i: turns.begin(
-            ids[i], owner[i], 0, token=token[i], worker="w", task_id=f"task-{i}", lease_ms=20_000
+            ids[i], owner[i], 0, token=token[i], worker="w", task_id=f"task-{i}", lease_ms=lease
         ),
-        mode.op_calls, sample,
     )  # fmt: skip
-    measure_op(
-        ctx, "turn_heartbeat", "TurnStore.heartbeat",
-        lambda i: turns.heartbeat(ids[i], owner[i], token=token[i], lease_ms=20_000),
-        mode.op_calls, sample,
+    op(
+        "turn_heartbeat", "TurnStore.heartbeat",
+        lambda i: turns.heartbeat(ids[i], owner[i], token=token[i], lease_ms=lease),
     )  # fmt: skip
-    measure_op(
-        ctx, "turn_end", "TurnStore.end (step done)",
+    op(
+        "turn_end", "TurnStore.end (step done)",
         lambda i: turns.end(
             ids[i], owner[i], token=token[i], outcome="done", step_ms=5, last=False,
-            lease_ms=20_000, wait_ms=20_000,
+            lease_ms=lease, wait_ms=lease,
         ),
-        mode.op_calls, sample,
     )  # fmt: skip
     sources: dict[int, Any] = {}
 
     def read(i: int) -> None:
-        sources[i] = t.hot.flush_source(ids[i], release_owner=owner[i])
+        sources[i] = hot.flush_source(ids[i], release_owner=owner[i])
 
-    measure_op(
-        ctx, "flush_read", "HotStore.flush_source (read the snapshot)", read, mode.op_calls, sample
-    )
-    uploaded: dict[int, str] = {}
-    for i, source in sources.items():  # untimed for Redis: the S3 PUT between read and commit
+    op("flush read", "HotStore.flush_source (the snapshot's records)", read)
+    etags = {}
+    for i, source in sources.items():  # the S3 PUT between read and commit, not measured
         assert source.snapshot is not None
-        uploaded[i] = t.cold.write(ids[i], source.snapshot, source.cold_etag)
+        etags[i] = t.cold.write(ids[i], source.snapshot, source.cold_etag)
 
     def commit(i: int) -> None:
         source = sources[i]
-        t.hot.commit_flush(
-            ids[i], version=source.version, etag=uploaded[i], epoch=source.epoch,
-            evict=True, release_owner=owner[i],
+        hot.commit_flush(
+            ids[i], version=source.version, etag=etags[i], epoch=source.epoch, evict=True,
+            release_owner=owner[i],
         )  # fmt: skip
 
-    measure_op(
-        ctx, "flush_commit", "HotStore.commit_flush (evict, release)", commit, mode.op_calls, sample
-    )
-    for tid in ids:  # the commits evicted them: their index entries go as Threads.flush does
-        t.hot.forget_activity(tid)
-    measure_op(
-        ctx, "hydrate", f"Threads.hydrate (restore {history + 2} msgs)",
-        lambda i: t.hydrate(ids[i]), mode.op_calls, sample,
-    )  # fmt: skip
-    for i, tid in enumerate(ids):  # one new message each, so the next flush uploads
-        t.append(tid, [{"id": f"m2-{i}", "body": chat_body(i)}])
-    measure_op(
-        ctx, "flush_keep", "Threads.flush(evict=False) (read, PUT, commit)",
-        lambda i: t.flush(ids[i], evict=False), mode.op_calls, sample,
-    )  # fmt: skip
-    for i, tid in enumerate(ids):
-        t.append(tid, [{"id": f"m3-{i}", "body": chat_body(i)}])
-    measure_op(
-        ctx, "flush_evict", "Threads.flush(evict=True) (read, PUT, commit, forget)",
-        lambda i: t.flush(ids[i], evict=True), mode.op_calls, sample,
-    )  # fmt: skip
+    op("flush commit", "HotStore.commit_flush (release, evict)", commit)
+    for tid in ids:  # as Threads.flush does after an eviction
+        hot.forget_activity(tid)
+    op("hydrate", f"Threads.hydrate (restore {history + 2} messages)", lambda i: t.hydrate(ids[i]))
+    add_one("m2")
+    op("flush, keep hot", "Threads.flush(evict=False)", lambda i: t.flush(ids[i], evict=False))
+    add_one("m3")
+    op("flush, evict", "Threads.flush(evict=True)", lambda i: t.flush(ids[i], evict=True))
+    for shard in hot.layout.turn_shards:  # the turns above never end: no due turns to wake
+        hot.redis.delete(shard)
     beats = max(5, mode.op_calls // 20)
-    measure_op(
-        ctx, "beat_idle_select", f"idle selection: {ACTIVITY_SHARDS} activity shards",
-        lambda i: t.hot.idle_threads(3_600_000, 1000), beats, sample,
+    op(
+        "beat: idle selection", f"HotStore.idle_threads: {ACTIVITY_SHARDS} activity shards",
+        lambda i: hot.idle_threads(3_600_000, 1000), beats,
     )  # fmt: skip
-    measure_op(
-        ctx, "beat_reconcile_turns", f"TurnStore.reconcile: {TURN_SHARDS} turn shards",
-        lambda i: t.turns.reconcile(limit_per_shard=100), beats, sample,
+    op(
+        "beat: turn reconciler", f"TurnStore.reconcile: {TURN_SHARDS} turn-index shards",
+        lambda i: turns.reconcile(limit_per_shard=100), beats,
     )  # fmt: skip
     return ctx.rows
 
@@ -648,22 +633,31 @@ def memory(ctx: OpContext, mode: Mode) -> dict[str, Any]:
             t.append(tid, [msg])
     filled = snapshot(ctx.nodes)
     messages = mode.mem_threads * mode.mem_messages
-    sample = ids[0]
-    keys = t.hot.keys(sample)
     cluster = t.hot.redis
-    usage = {
-        kind: int(cluster.memory_usage(getattr(keys, kind), samples=0) or 0)
-        for kind in ("meta", "msgs", "ids")
-    }
+    sample = ids[:20]
+
+    def usage(kind: str) -> float:  # MEMORY USAGE of one kind of key, mean over the sample
+        return statistics.mean(
+            int(cluster.memory_usage(getattr(t.hot.keys(tid), kind), samples=0) or 0)
+            for tid in sample
+        )
+
+    per_kind = {kind: round(usage(kind), 1) for kind in ("meta", "msgs", "ids", "state")}
     for tid in ids:
         t.delete(tid)
     return {
         "threads": mode.mem_threads,
         "messages_per_thread": mode.mem_messages,
         "record_bytes_avg": round(record_bytes / messages, 1),
-        "bytes_per_empty_thread": round((created.memory - start.memory) / mode.mem_threads, 1),
+        "used_memory_per_new_thread": round((created.memory - start.memory) / mode.mem_threads, 1),
         "bytes_per_message": round((filled.memory - created.memory) / messages, 1),
-        "memory_usage_one_thread": usage,
+        "memory_usage_per_message": round(
+            (per_kind["msgs"] + per_kind["ids"]) / mode.mem_messages, 1
+        ),
+        # a thread's own keys besides its messages (MEMORY USAGE; used_memory deltas of
+        # a few hundred bytes per thread are below the noise of client buffers)
+        "bytes_per_empty_thread": round(per_kind["meta"] + per_kind["state"], 1),
+        "memory_usage_by_kind": per_kind,
     }
 
 
@@ -772,12 +766,20 @@ def coverage(
                 s3 = worker_s3_counts(rig.broker)
                 per_turn[kind].append({"label": label, "s3": s3})
         segments = monitor.segments()
+    layout = KeyLayout(TURN_NAMESPACE)
     for kind in kinds:
         for entry in per_turn[kind]:
             tid = entry["label"].rsplit(".", 1)[0]
             commands = segments.get(entry["label"].replace(":", "_"), [])
             keys, slots, masters = touched(commands, specs)
+            writes = Counter(
+                kind
+                for c in commands
+                for kind in {_kind_of(k, layout) for k in specs.keys(c)}
+                if kind in ("activity shard", "turn-index shard") and c.origin == "client"
+            )
             entry.update(
+                index_calls=dict(writes),
                 keys=len(keys),
                 slots=len(slots),
                 masters=len(masters),
@@ -788,6 +790,10 @@ def coverage(
             slots_by_thread[tid] |= slots
             nodes_by_thread[tid] |= masters
             samples.extend(commands)
+    first = sorted(keys_by_thread[ids[0]])  # our slot of a key is the cluster's
+    wrong = [k for k in first if int(nodes[0].cluster("KEYSLOT", k)) != key_slot(k.encode())]
+    if wrong:
+        raise RuntimeError(f"CLUSTER KEYSLOT disagrees for {wrong}")
     beats = beat_coverage(rig, ports, specs)
     every = set.intersection(*keys_by_thread.values())
     every_slot = set.intersection(*slots_by_thread.values())
@@ -806,6 +812,10 @@ def coverage(
             "slots": round(statistics.mean(e["slots"] for e in entries), 2),
             "masters": round(statistics.mean(e["masters"] for e in entries), 2),
             "calls": round(statistics.mean(e["calls"] for e in entries), 1),
+            "index_calls": {
+                shard: round(statistics.mean(e["index_calls"].get(shard, 0) for e in entries), 2)
+                for shard in ("activity shard", "turn-index shard")
+            },
             "keys_outside_thread_slot": sorted(
                 {_kind_of(k, layout) for e in entries for k in e["shared"]}
             ),
@@ -815,6 +825,7 @@ def coverage(
         }
     return {
         "threads": len(ids),
+        "keyslot_checked": len(first),
         "turns": {kind: summary[kind] for kind in kinds},
         "keys_touched_by_every_thread": sorted(every),
         "slots_touched_by_every_thread": sorted(every_slot),
@@ -841,6 +852,8 @@ def _kind_of(key: str, layout: KeyLayout) -> str:
         return "idle-flush lock"
     if key == layout.activity_cursor:
         return "activity reconciler cursor"
+    if key == layout.legacy_activity:
+        return "pre-shard activity index (migration check)"
     if key.startswith(f"{ns}:{{"):
         return "thread key :" + key.rsplit("}:", 1)[-1].split(":")[0]
     return key
@@ -875,17 +888,22 @@ def beat_coverage(rig: TurnRig, ports: list[int], specs: KeySpecs) -> list[dict[
     return out
 
 
+def broker_cpu_s(broker: redis.Redis) -> float:
+    cpu = broker.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
 def throughput(
     rig: TurnRig,
     nodes: list[redis.Redis],
     mode: Mode,
     idle_cpu_per_s: float,
     sample: dict[str, Any],
+    moto_pid: int,
 ) -> dict[str, Any]:
     """Every thread's turns at once, round after round; counters over the continue rounds."""
     run = uuid.uuid4().hex[:6]
     ids = [f"load-{run}-{i:04d}" for i in range(mode.load_threads)]
-    broker_node = rig.broker
 
     def round_(r: int) -> float:
         started = time.perf_counter()
@@ -900,37 +918,32 @@ def throughput(
             result.get(timeout=300)
         return time.perf_counter() - started
 
+    def cpu() -> dict[str, float]:
+        return {
+            "workers": sum(process_cpu_s(w.process.pid) for w in rig.workers),
+            "broker": broker_cpu_s(rig.broker),
+            "client": time.process_time(),
+            "moto": process_cpu_s(moto_pid),
+        }
+
     first_s = round_(0)
     worker_s3_counts(rig.broker)
-    before = snapshot(nodes)
-    broker_before = float(broker_node.info("cpu")["used_cpu_user"]) + float(
-        broker_node.info("cpu")["used_cpu_sys"]
-    )
-    workers_before = sum(process_cpu_s(w.process.pid) for w in rig.workers)
-    client_before = time.process_time()
+    before, cpu_before = snapshot(nodes), cpu()
     seconds = [round_(r) for r in range(1, mode.load_rounds)]
-    client_cpu = time.process_time() - client_before
-    workers_cpu = sum(process_cpu_s(w.process.pid) for w in rig.workers) - workers_before
-    broker_cpu = (
-        float(broker_node.info("cpu")["used_cpu_user"])
-        + float(broker_node.info("cpu")["used_cpu_sys"])
-        - broker_before
-    )
-    after = snapshot(nodes)
+    after, cpu_after = snapshot(nodes), cpu()
+    used = {k: cpu_after[k] - cpu_before[k] for k in cpu_before}
     s3 = worker_s3_counts(rig.broker)
     delta = diff(before, after, idle_cpu_per_s)
     turns = len(ids) * (mode.load_rounds - 1)
     wall = sum(seconds)
-    sent = Counter(sample["sample_sent"])
-    seen = Counter(sample["sample_seen"])
-    command_us = client_share(delta.usec, sent, seen)
+    sent, seen = Counter(sample["sample_sent"]), Counter(sample["sample_seen"])
     statuses = [rig.threads.turns.status(tid, f"{tid}-r{mode.load_rounds - 1}") for tid in ids]
     finished = sum(1 for s in statuses if s is not None and s.state == "finished")
+    hot = rig.threads.hot
     runs_bytes = [
-        int(rig.threads.hot.redis.memory_usage(rig.threads.hot.keys(tid).runs, samples=0) or 0)
-        for tid in ids[:20]
+        int(hot.redis.memory_usage(hot.keys(tid).runs, samples=0) or 0) for tid in ids[:20]
     ]
-    appended = mode.load_rounds * 2  # messages per thread: the user's and the reply
+    busy = (sum(used.values()) + delta.cpu_us / 1e6) / wall
     return {
         "threads": len(ids),
         "workers": mode.workers,
@@ -942,16 +955,16 @@ def throughput(
         "appends_per_s": round(2 * turns / wall, 1),
         "turns_per_s_per_worker": round(turns / wall / mode.workers, 1),
         "redis_cpu_us_per_turn": round(delta.cpu_us / turns, 1),
-        "redis_command_us_per_turn": round(command_us / turns, 1),
+        "redis_command_us_per_turn": round(client_share(delta.usec, sent, seen) / turns, 1),
         "redis_evalsha_per_turn": round(delta.calls.get("evalsha", 0) / turns, 2),
         "redis_calls_per_turn": round(client_share(delta.calls, sent, seen) / turns, 1),
-        "broker_cpu_us_per_turn": round(broker_cpu * 1e6 / turns, 1),
-        "worker_cpu_ms_per_turn": round(workers_cpu * 1000 / turns, 2),
-        "client_cpu_ms_per_turn": round(client_cpu * 1000 / turns, 2),
+        "broker_cpu_us_per_turn": round(used["broker"] * 1e6 / turns, 1),
+        "worker_cpu_ms_per_turn": round(used["workers"] * 1000 / turns, 2),
+        "client_cpu_ms_per_turn": round(used["client"] * 1000 / turns, 2),
+        "moto_cpu_ms_per_turn": round(used["moto"] * 1000 / turns, 2),
+        "cpus_busy": round(busy, 2),
         "s3_per_turn": {op: round(n / turns, 3) for op, n in sorted(s3.items())},
-        "memory_delta_per_turn": round(delta.memory / turns, 1),
         "turn_records_bytes_per_turn": round(statistics.mean(runs_bytes) / mode.load_rounds, 1),
-        "messages_per_thread": appended,
         "cold_shards_spread": shard_spread(ids),
         "wall_s": round(wall, 2),
     }
@@ -965,92 +978,104 @@ def shard_spread(ids: Sequence[str]) -> dict[str, Any]:
 # -- 4. the model ----------------------------------------------------------------
 
 
+def _per_turn(s3: dict[str, float], *ops: str) -> float:
+    return sum(s3.get(op, 0.0) for op in ops)
+
+
 def model(result: dict[str, Any]) -> dict[str, Any]:
     """1M active threads, 100k appends/s, from the measured inputs and ``ASSUMPTIONS``."""
     a = {**ASSUMPTIONS, **result.get("assumptions", {})}
     ops = {row["op"]: row for row in result["operations"]}
-    load = result["throughput"]
-    mem = result["memory"]
+    load, mem = result["throughput"], result["memory"]
     cov = result["coverage"]["turns"]
-    turns_per_s = a["appends_per_s"] / a["messages_per_turn"]
-    # Redis CPU
-    cpu_turn_us = load["redis_cpu_us_per_turn"]
-    redis_cores = turns_per_s * cpu_turn_us / 1e6
+    per_turn_msgs = a["messages_per_turn"]
+    turns_s = a["appends_per_s"] / per_turn_msgs
+    redis_us = load["redis_cpu_us_per_turn"]
+    broker_us = load["broker_cpu_us_per_turn"]
+    rpush_us = ops["baseline RPUSH"]["cpu_us"]
+    redis_cores = turns_s * redis_us / 1e6
     masters_cpu = math.ceil(redis_cores / a["redis_cpu_target"])
-    cmd_cores = turns_per_s * load["redis_command_us_per_turn"] / 1e6
-    append_only_cores = a["appends_per_s"] * ops["append"]["cpu_us"] / 1e6
-    # memory
     per_thread = (
         mem["bytes_per_empty_thread"]
         + a["hot_messages_per_thread"] * mem["bytes_per_message"]
         + a["hot_turn_records_per_thread"] * load["turn_records_bytes_per_turn"]
     )
-    total_gib = a["active_threads"] * per_thread / 2**30
-    masters_mem = math.ceil(total_gib / a["maxmemory_gib_per_master"])
-    # workers
-    worker_cores = turns_per_s * load["worker_cpu_ms_per_turn"] / 1000
+    redis_gib = a["active_threads"] * per_thread / 2**30
+    masters_mem = math.ceil(redis_gib / a["maxmemory_gib_per_master"])
+    worker_cores = turns_s * load["worker_cpu_ms_per_turn"] / 1000
     worker_processes = math.ceil(worker_cores / a["worker_cpu_target"])
-    broker_cores = turns_per_s * load["broker_cpu_us_per_turn"] / 1e6
-    # S3
-    s3_default = cov["continue"]["s3"]
-    s3_hydrate = cov["hydrate"]["s3"]
-    s3_new = cov["new"]["s3"]
-    puts = lambda s: s.get("PutObject", 0.0)  # noqa: E731
-    gets = lambda s: s.get("GetObject", 0.0) + s.get("HeadObject", 0.0)  # noqa: E731
+    in_flight = turns_s * a["model_seconds_per_turn"]
+    broker_cores = turns_s * broker_us / 1e6
     f_new, f_hyd = a["new_thread_fraction"], a["hydrate_fraction"]
-    f_cont = 1 - f_new - f_hyd
-    put_per_turn = f_new * puts(s3_new) + f_hyd * puts(s3_hydrate) + f_cont * puts(s3_default)
-    get_per_turn = f_new * gets(s3_new) + f_hyd * gets(s3_hydrate) + f_cont * gets(s3_default)
-    put_s = turns_per_s * put_per_turn
-    get_s = turns_per_s * get_per_turn
+    mix = {"new": f_new, "hydrate": f_hyd, "continue": 1 - f_new - f_hyd}
+    put_turn = sum(f * _per_turn(cov[k]["s3"], "PutObject") for k, f in mix.items())
+    get_turn = sum(f * _per_turn(cov[k]["s3"], "GetObject", "HeadObject") for k, f in mix.items())
     prefixes = a["s3_prefixes"]
-    put_prefix = put_s / prefixes
-    get_prefix = get_s / prefixes
-    # the measured layout's ceilings (6 masters, one broker, 256 prefixes): appends/s
-    per_append = a["messages_per_turn"]
-    ceilings = {
-        "Redis CPU (6 masters at the target)": MASTERS
-        * a["redis_cpu_target"]
-        * 1e6
-        / cpu_turn_us
-        * per_append,
-        "Redis memory (6 masters)": None,
-        "Celery broker (one Redis, 1 core)": 1e6
-        / max(load["broker_cpu_us_per_turn"], 1e-9)
-        * per_append,
-        "S3 PUT (256 prefixes x 3,500/s)": prefixes
-        * a["s3_put_per_prefix"]
-        / max(put_per_turn, 1e-9)
-        * per_append,
-        "S3 GET (256 prefixes x 5,500/s)": prefixes
-        * a["s3_get_per_prefix"]
-        / max(get_per_turn, 1e-9)
-        * per_append,
+    ceilings = {  # appends/s at which each resource of the measured layout is full
+        f"Celery broker (one Redis at {a['redis_cpu_target']:.0%}, {broker_us:,.0f} µs per turn)": (
+            a["redis_cpu_target"] * 1e6 / broker_us * per_turn_msgs
+        ),
+        f"hot tier CPU, {MASTERS} masters at {a['redis_cpu_target']:.0%}": (
+            MASTERS * a["redis_cpu_target"] * 1e6 / redis_us * per_turn_msgs
+        ),
+        f"hot tier CPU, {a['cluster_max_masters']:,} masters (Redis Cluster's size limit)": (
+            a["cluster_max_masters"] * a["redis_cpu_target"] * 1e6 / redis_us * per_turn_msgs
+        ),
+        f"S3 PUT, {prefixes} prefixes x {a['s3_put_per_prefix']:,}/s": (
+            prefixes * a["s3_put_per_prefix"] / max(put_turn, 1e-9) * per_turn_msgs
+        ),
+        f"S3 GET+HEAD, {prefixes} prefixes x {a['s3_get_per_prefix']:,}/s": (
+            prefixes * a["s3_get_per_prefix"] / max(get_turn, 1e-9) * per_turn_msgs
+        ),
     }
-    mem_threads_6 = MASTERS * a["maxmemory_gib_per_master"] * 2**30 / per_thread
-    ceilings = {k: v for k, v in ceilings.items() if v is not None}
+    zadd_us = ops["index ZADD"]["cpu_us"]
+    shard_keys = {"turn-index shard": TURN_SHARDS, "activity shard": ACTIVITY_SHARDS}
+    hot_keys = {}
+    for shard, count in shard_keys.items():
+        calls = sum(f * cov[k]["index_calls"][shard] for k, f in mix.items())
+        per_key_s = turns_s * calls / count
+        hot_keys[shard] = {
+            "calls_per_turn": round(calls, 2),
+            "keys": count,
+            "calls_per_s_per_key": round(per_key_s),
+            "cores_per_key": round(per_key_s * zadd_us / 1e6, 2),
+        }
+        # one key lives on one master: full when its calls use that master's target
+        ceilings[f"{shard}s ({count} keys, one master each, {calls:g} calls per turn)"] = (
+            count * a["redis_cpu_target"] * 1e6 / zadd_us / max(calls, 1e-9) * per_turn_msgs
+        )
     first = min(ceilings, key=lambda k: ceilings[k])
+    short = [k for k, v in ceilings.items() if v < a["appends_per_s"]]
     return {
+        "below_target": short,
+        "hot_keys": hot_keys,
+        "index_zadd_cpu_us": zadd_us,
         "assumptions": a,
-        "turns_per_s": turns_per_s,
-        "redis_cores": round(redis_cores, 2),
-        "redis_command_cores": round(cmd_cores, 2),
-        "append_only_cores": round(append_only_cores, 2),
+        "turns_per_s": turns_s,
+        "redis_cores": round(redis_cores, 1),
+        "rpush_equivalents_per_turn": round(redis_us / rpush_us, 1),
+        "append_only_cores": round(a["appends_per_s"] * ops["append"]["cpu_us"] / 1e6, 1),
         "masters_for_cpu": masters_cpu,
         "bytes_per_active_thread": round(per_thread),
-        "redis_gib": round(total_gib, 1),
+        "redis_gib": round(redis_gib, 1),
         "masters_for_memory": masters_mem,
         "masters": max(masters_cpu, masters_mem),
-        "active_threads_in_6_masters": int(mem_threads_6),
-        "worker_cores": round(worker_cores, 1),
+        "gib_per_master": round(redis_gib / max(masters_cpu, masters_mem), 2),
+        "active_threads_in_6_masters": int(
+            MASTERS * a["maxmemory_gib_per_master"] * 2**30 / per_thread
+        ),
+        "worker_cores": round(worker_cores),
         "worker_processes": worker_processes,
-        "broker_cores": round(broker_cores, 2),
-        "put_per_turn": round(put_per_turn, 3),
-        "get_per_turn": round(get_per_turn, 3),
-        "s3_put_per_s": round(put_s),
-        "s3_get_per_s": round(get_s),
-        "s3_put_per_prefix": round(put_prefix, 1),
-        "s3_get_per_prefix": round(get_prefix, 1),
+        "turns_in_flight": round(in_flight),
+        "threads_per_worker_process": math.ceil(in_flight / worker_processes),
+        "broker_cores": round(broker_cores, 1),
+        "put_per_turn": round(put_turn, 3),
+        "get_per_turn": round(get_turn, 3),
+        "s3_put_per_s": round(turns_s * put_turn),
+        "s3_get_per_s": round(turns_s * get_turn),
+        "s3_put_per_prefix": round(turns_s * put_turn / prefixes, 1),
+        "s3_get_per_prefix": round(turns_s * get_turn / prefixes, 1),
+        "s3_put_share_of_limit": round(turns_s * put_turn / prefixes / a["s3_put_per_prefix"], 3),
         "ceilings_appends_per_s": {k: round(v) for k, v in ceilings.items()},
         "first_bottleneck": first,
     }
@@ -1070,235 +1095,265 @@ def _s3(counts: dict[str, float]) -> str:
     return ", ".join(f"{op} {n:g}" for op, n in counts.items()) or "none"
 
 
-def render(result: dict[str, Any]) -> dict[str, str]:
-    """The doc's generated sections, by marker name."""
-    m = result["model"]
-    a = m["assumptions"]
-    load = result["throughput"]
-    mem = result["memory"]
-    cov = result["coverage"]
-    env = result["environment"]
-    sections: dict[str, str] = {}
-    sections["environment"] = (
-        f"Measured {result['date']} with `{result['command']}` ({result['mode']} mode, "
-        f"{result['total_s']} s): redis-server {env['redis_version']} ({env['redis_binary']}), "
-        f"{MASTERS} masters, no replicas, on loopback; moto {env['moto']} as S3; Python "
-        f"{env['python']}, redis-py {env['redis_py']}, celery {env['celery']}; {env['cpus']} CPUs "
-        f"shared by every process of the run (and other users of the machine)."
-    )
-    sections["operations"] = table(
-        ("operation", "what is called", "Redis CPU µs", "command µs", "script µs", "calls sent", "keys", "slots", "S3 per call"),
+def _operations_table(rows: list[dict[str, Any]]) -> str:
+    header = ("operation", "what is called", "Redis CPU µs", "command µs", "script µs")
+    header += ("calls sent", "keys", "slots", "S3 per call")
+    return table(
+        header,
         [
             (
-                r["op"], r["what"], f"{r['cpu_us']:.1f}", f"{r['command_us']:.1f}", f"{r['evalsha_us']:.1f}",
-                f"{r['round_trips']:g}", f"{r['keys']:g}", f"{r['slots']:g}", _s3(r["s3"]),
+                r["op"], r["what"], f"{r['cpu_us']:.1f}", f"{r['command_us']:.1f}",
+                f"{r['evalsha_us']:.1f}", f"{r['round_trips']:g}", f"{r['keys']:g}",
+                f"{r['slots']:g}", _s3(r["s3"]),
             )
-            for r in result["operations"]
+            for r in rows
         ],
     )  # fmt: skip
-    sections["memory"] = table(
-        ("measure", "value"),
-        [
-            ("record bytes (JSON, average)", f"{mem['record_bytes_avg']:,.0f}"),
-            (
-                "Redis bytes per message (used_memory Δ / messages)",
-                f"{mem['bytes_per_message']:,.0f}",
-            ),
-            ("Redis bytes per empty thread (meta, state)", f"{mem['bytes_per_empty_thread']:,.0f}"),
-            (
-                "turn record bytes per turn (MEMORY USAGE of :runs / turns)",
-                f"{load['turn_records_bytes_per_turn']:,.0f}",
-            ),
-            ("threads x messages measured", f"{mem['threads']:,} x {mem['messages_per_thread']}"),
-        ],
-    )
-    turns = cov["turns"]
-    sections["turns"] = table(
-        ("turn", "turns", "thread hot before", "Redis calls sent", "keys", "slots", "masters", "S3 requests", "keys outside the thread's slot"),
+
+
+def _turns_table(turns: dict[str, dict[str, Any]]) -> str:
+    header = ("turn", "turns", "hot before", "Redis calls sent", "keys", "slots", "masters")
+    header += ("S3 requests", "keys outside the thread's slot")
+    return table(
+        header,
         [
             (
-                kind, t["turns"], t["hot_before"], f"{t['calls']:g}", f"{t['keys']:g}", f"{t['slots']:g}",
-                f"{t['masters']:g}", _s3(t["s3"]), ", ".join(t["keys_outside_thread_slot"]) or "none",
+                kind, t["turns"], t["hot_before"], f"{t['calls']:g}", f"{t['keys']:g}",
+                f"{t['slots']:g}", f"{t['masters']:g}", _s3(t["s3"]),
+                ", ".join(t["keys_outside_thread_slot"]) or "none",
             )
             for kind, t in turns.items()
         ],
     )  # fmt: skip
-    sections["sharing"] = "\n".join(
+
+
+def _sharing(cov: dict[str, Any]) -> str:
+    every = cov["keys_touched_by_every_thread"]
+    return "\n".join(
         [
-            f"- threads in the coverage run: {cov['threads']} (3 turns each, one turn at a time)",
-            f"- keys touched by every thread: {len(cov['keys_touched_by_every_thread'])} "
-            f"{cov['keys_touched_by_every_thread'] or ''}".rstrip(),
-            f"- slots touched by every thread: {len(cov['slots_touched_by_every_thread'])}; "
+            f"- threads: {cov['threads']}, 3 turns each, one turn at a time; every key's slot "
+            f"checked against `CLUSTER KEYSLOT` for {cov['keyslot_checked']} keys",
+            f"- keys touched by every thread: **{len(every)}** {every or ''}".rstrip(),
+            f"- slots touched by every thread: **{len(cov['slots_touched_by_every_thread'])}**; "
             f"masters touched by every thread: {len(cov['masters_touched_by_every_thread'])}",
-            f"- keys touched by 2 or more threads: {cov['keys_shared_by_2_or_more_threads']}, all of "
-            f"kind {', '.join(cov['shared_key_kinds']) or '-'}; at most {cov['max_threads_sharing_a_key']} "
-            f"threads share one (expected per shard: {cov['threads_per_activity_shard_expected']} per "
-            f"activity shard, {cov['threads_per_turn_shard_expected']} per turn-index shard)",
+            f"- keys touched by 2 or more threads: {cov['keys_shared_by_2_or_more_threads']}, "
+            f"of the kinds: {', '.join(cov['shared_key_kinds']) or 'none'}; the most threads "
+            f"on one key: {cov['max_threads_sharing_a_key']} (a uniform hash gives "
+            f"{cov['threads_per_activity_shard_expected']} per activity shard and "
+            f"{cov['threads_per_turn_shard_expected']} per turn-index shard)",
         ]
     )
-    sections["beats"] = table(
-        ("beat task (one run)", "Redis calls sent", "keys", "slots", "masters", "SCANs", "keys by kind"),
+
+
+def _beats_table(beats: list[dict[str, Any]]) -> str:
+    header = ("beat task, one run", "Redis calls sent", "keys", "slots", "masters", "SCANs")
+    return table(
+        (*header, "keys by kind"),
         [
-            (b["task"], b["calls"], b["keys"], b["slots"], b["masters"], b["scans"],
-             ", ".join(f"{k} {n}" for k, n in b["key_kinds"].items()))
-            for b in cov["beats"]
+            (
+                b["task"], b["calls"], b["keys"], b["slots"], b["masters"], b["scans"],
+                ", ".join(f"{k} {n}" for k, n in b["key_kinds"].items()),
+            )
+            for b in beats
         ],
     )  # fmt: skip
-    sections["throughput"] = table(
-        ("measure", "value"),
-        [
-            ("worker processes x threads", f"{load['workers']} x {load['concurrency']}"),
+
+
+def _throughput_table(load: dict[str, Any]) -> str:
+    rounds = load["turns"] // load["threads"]
+    calls = f"{load['redis_calls_per_turn']:g} ({load['redis_evalsha_per_turn']:g} EVALSHA)"
+    rows = [
+        ("worker processes x threads", f"{load['workers']} x {load['concurrency']}"),
+        ("threads x continue turns measured", f"{load['threads']} x {rounds}"),
+        ("turns/s, all workers", f"{load['turns_per_s']:,.1f}"),
+        ("appends/s (2 messages per turn)", f"{load['appends_per_s']:,.1f}"),
+        ("turns/s per worker process", f"{load['turns_per_s_per_worker']:,.1f}"),
+        ("turns/s of the first round (new threads)", f"{load['first_round_turns_per_s']:,.1f}"),
+        ("CPUs busy (all measured processes)", f"{load['cpus_busy']:.2f}"),
+        ("hot tier: Redis CPU µs per turn, all masters", f"{load['redis_cpu_us_per_turn']:,.0f}"),
+        ("hot tier: command µs per turn", f"{load['redis_command_us_per_turn']:,.0f}"),
+        ("hot tier: Redis calls sent per turn", calls),
+        ("broker Redis: CPU µs per turn", f"{load['broker_cpu_us_per_turn']:,.0f}"),
+        ("workers: CPU ms per turn", f"{load['worker_cpu_ms_per_turn']:.2f}"),
+        ("client (submit): CPU ms per turn", f"{load['client_cpu_ms_per_turn']:.2f}"),
+        ("moto (S3): CPU ms per turn", f"{load['moto_cpu_ms_per_turn']:.2f}"),
+        ("S3 requests per turn", _s3(load["s3_per_turn"])),
+        ("turns finished, last round", f"{load['finished_last_round']} of {load['threads']}"),
+    ]
+    return table(("measure", "value"), rows)
+
+
+def _memory_table(mem: dict[str, Any], load: dict[str, Any]) -> str:
+    rows = [
+        ("record bytes (JSON), average", f"{mem['record_bytes_avg']:,.0f}"),
+        ("Redis bytes per message (used_memory Δ)", f"{mem['bytes_per_message']:,.0f}"),
+        ("the same from MEMORY USAGE of :msgs + :ids", f"{mem['memory_usage_per_message']:,.0f}"),
+        (
+            "Redis bytes per thread besides its messages (:meta, :state)",
+            f"{mem['bytes_per_empty_thread']:,.0f}",
+        ),
+        ("Redis bytes per turn record", f"{load['turn_records_bytes_per_turn']:,.0f}"),
+        ("threads x messages measured", f"{mem['threads']:,} x {mem['messages_per_thread']}"),
+    ]
+    return table(("measure", "value"), rows)
+
+
+def _inputs_table(m: dict[str, Any]) -> str:
+    a = m["assumptions"]
+    rows = [
+        ("active threads", f"{a['active_threads']:,}", "the target"),
+        ("appends/s", f"{a['appends_per_s']:,}", "the target"),
+        ("messages per turn", a["messages_per_turn"], "assumed: the user's and the reply"),
+        ("turns/s", f"{m['turns_per_s']:,.0f}", "appends/s / messages per turn"),
+        ("hot messages per active thread", a["hot_messages_per_thread"], "assumed"),
+        ("turn records per active thread", a["hot_turn_records_per_thread"], "assumed"),
+        ("turns that open a new thread", f"{a['new_thread_fraction']:.0%}", "assumed"),
+        ("turns that hydrate (thread was evicted)", f"{a['hydrate_fraction']:.0%}", "assumed"),
+        ("model time per turn", f"{a['model_seconds_per_turn']} s", "assumed"),
+        ("Redis CPU target per master", f"{a['redis_cpu_target']:.0%}", "assumed headroom"),
+        ("maxmemory per master", f"{a['maxmemory_gib_per_master']} GiB", "assumed"),
+        ("worker CPU target per process", f"{a['worker_cpu_target']:.0%}", "assumed"),
+        (
+            "S3 PUT / GET per prefix",
+            f"{a['s3_put_per_prefix']:,} / {a['s3_get_per_prefix']:,}",
+            "AWS",
+        ),
+        ("cold-key prefixes", a["s3_prefixes"], "`storage.cold.object_key`"),
+    ]
+    return table(("input", "value", "source"), rows)
+
+
+def _model_table(m: dict[str, Any], load: dict[str, Any]) -> str:
+    a = m["assumptions"]
+    t = f"{m['turns_per_s']:,.0f} turns/s"
+    zadd = f"{m['index_zadd_cpu_us']:g}"
+    rows = [
+        (
+            "hot tier CPU",
+            f"{t} x {load['redis_cpu_us_per_turn']:,.0f} µs",
+            f"{m['redis_cores']:,} cores",
+        ),
+        (
+            "masters for CPU",
+            f"{m['redis_cores']:,} / {a['redis_cpu_target']:.0%}",
+            m["masters_for_cpu"],
+        ),
+        (
+            "hot tier memory",
+            f"{a['active_threads']:,} x {m['bytes_per_active_thread']:,} B",
+            f"{m['redis_gib']:,} GiB",
+        ),
+        (
+            "masters for memory",
+            f"{m['redis_gib']:,} / {a['maxmemory_gib_per_master']} GiB",
+            m["masters_for_memory"],
+        ),
+        (
+            "**masters**",
+            "the larger (plus a replica each)",
+            f"**{m['masters']:,}** ({m['gib_per_master']} GiB each)",
+        ),
+        (
+            "worker CPU",
+            f"{t} x {load['worker_cpu_ms_per_turn']:.2f} ms",
+            f"{m['worker_cores']:,} cores",
+        ),
+        (
+            "**worker processes**",
+            f"{m['worker_cores']:,} / {a['worker_cpu_target']:.0%}",
+            f"**{m['worker_processes']:,}**",
+        ),
+        (
+            "turns in flight",
+            f"{t} x {a['model_seconds_per_turn']} s",
+            f"{m['turns_in_flight']:,} ({m['threads_per_worker_process']:,} threads per process)",
+        ),
+        *(
             (
-                "threads x continue turns measured",
-                f"{load['threads']} x {load['turns'] // load['threads']}",
-            ),
-            ("turns/s (continue turns, all workers)", f"{load['turns_per_s']:,.1f}"),
-            ("appends/s (2 messages per turn)", f"{load['appends_per_s']:,.1f}"),
-            ("turns/s per worker process", f"{load['turns_per_s_per_worker']:,.1f}"),
-            ("turns/s of the first round (new threads)", f"{load['first_round_turns_per_s']:,.1f}"),
-            ("Redis CPU µs per turn (all masters)", f"{load['redis_cpu_us_per_turn']:,.0f}"),
-            (
-                "Redis command µs per turn (commandstats)",
-                f"{load['redis_command_us_per_turn']:,.0f}",
-            ),
-            (
-                "Redis calls per turn (EVALSHA of them)",
-                f"{load['redis_calls_per_turn']:g} ({load['redis_evalsha_per_turn']:g})",
-            ),
-            ("broker Redis CPU µs per turn", f"{load['broker_cpu_us_per_turn']:,.0f}"),
-            ("worker CPU ms per turn", f"{load['worker_cpu_ms_per_turn']:.2f}"),
-            ("client CPU ms per turn (submit)", f"{load['client_cpu_ms_per_turn']:.2f}"),
-            ("S3 requests per turn", _s3(load["s3_per_turn"])),
-            ("turns finished (last round)", f"{load['finished_last_round']} of {load['threads']}"),
-        ],
+                f"one {shard}",
+                f"{t} x {h['calls_per_turn']:g} calls / {h['keys']} keys x {zadd} µs",
+                f"{h['calls_per_s_per_key']:,} calls/s = {h['cores_per_key']:g} cores",
+            )
+            for shard, h in m["hot_keys"].items()
+        ),
+        (
+            "broker CPU",
+            f"{t} x {load['broker_cpu_us_per_turn']:,.0f} µs",
+            f"{m['broker_cores']:,} cores (one Redis has 1)",
+        ),
+        (
+            "S3 PUT/s",
+            f"{t} x {m['put_per_turn']:g}",
+            f"{m['s3_put_per_s']:,} = {m['s3_put_per_prefix']:,} per prefix "
+            f"({m['s3_put_share_of_limit']:.1%} of 3,500)",
+        ),
+        (
+            "S3 GET+HEAD/s",
+            f"{t} x {m['get_per_turn']:g}",
+            f"{m['s3_get_per_s']:,} = {m['s3_get_per_prefix']:,} per prefix",
+        ),
+    ]
+    return table(("resource", "arithmetic", "result"), rows)
+
+
+def render(result: dict[str, Any]) -> dict[str, str]:
+    """The doc's generated sections, by marker name."""
+    m, load, cov, env = (
+        result["model"],
+        result["throughput"],
+        result["coverage"],
+        result["environment"],
     )
     ceilings = m["ceilings_appends_per_s"]
-    sections["model"] = "\n".join(
-        [
-            table(
-                ("input", "value", "source"),
-                [
-                    ("active threads", f"{a['active_threads']:,}", "the target"),
-                    ("appends/s", f"{a['appends_per_s']:,}", "the target"),
-                    (
-                        "messages per turn",
-                        a["messages_per_turn"],
-                        "assumed: the user's and the reply",
-                    ),
-                    ("turns/s", f"{m['turns_per_s']:,.0f}", "appends/s / messages per turn"),
-                    ("hot messages per active thread", a["hot_messages_per_thread"], "assumed"),
-                    (
-                        "turn records per active thread",
-                        a["hot_turn_records_per_thread"],
-                        "assumed (up to 200 are kept)",
-                    ),
-                    (
-                        "turns that hydrate / open a new thread",
-                        f"{a['hydrate_fraction']:.0%} / {a['new_thread_fraction']:.0%}",
-                        "assumed",
-                    ),
-                    (
-                        "Redis CPU target per master",
-                        f"{a['redis_cpu_target']:.0%}",
-                        "assumed headroom",
-                    ),
-                    ("maxmemory per master", f"{a['maxmemory_gib_per_master']} GiB", "assumed"),
-                    ("worker CPU target", f"{a['worker_cpu_target']:.0%}", "assumed"),
-                    (
-                        "S3 per-prefix limits",
-                        f"{a['s3_put_per_prefix']:,} PUT/s, {a['s3_get_per_prefix']:,} GET/s",
-                        "AWS",
-                    ),
-                    (
-                        "cold-key prefixes",
-                        a["s3_prefixes"],
-                        "storage.cold.object_key: 2 hex digits",
-                    ),
-                ],
-            ),
-            "",
-            table(
-                ("resource", "arithmetic (measured inputs)", "result"),
-                [
-                    (
-                        "Redis CPU",
-                        f"{m['turns_per_s']:,.0f} turns/s x {load['redis_cpu_us_per_turn']:,.0f} µs",
-                        f"{m['redis_cores']:g} cores",
-                    ),
-                    (
-                        "masters for CPU",
-                        f"{m['redis_cores']:g} cores / {a['redis_cpu_target']:.0%}",
-                        f"{m['masters_for_cpu']}",
-                    ),
-                    (
-                        "Redis memory",
-                        f"{a['active_threads']:,} x {m['bytes_per_active_thread']:,} B",
-                        f"{m['redis_gib']:,} GiB",
-                    ),
-                    (
-                        "masters for memory",
-                        f"{m['redis_gib']:,} GiB / {a['maxmemory_gib_per_master']} GiB",
-                        f"{m['masters_for_memory']}",
-                    ),
-                    (
-                        "**masters**",
-                        "the larger of the two (+ 1 replica each for failover)",
-                        f"**{m['masters']}**",
-                    ),
-                    (
-                        "worker CPU",
-                        f"{m['turns_per_s']:,.0f} turns/s x {load['worker_cpu_ms_per_turn']:.2f} ms",
-                        f"{m['worker_cores']:,} cores",
-                    ),
-                    (
-                        "**worker processes**",
-                        f"{m['worker_cores']:,} cores / {a['worker_cpu_target']:.0%} (1 process = 1 core at most)",
-                        f"**{m['worker_processes']:,}**",
-                    ),
-                    (
-                        "Celery broker CPU",
-                        f"{m['turns_per_s']:,.0f} turns/s x {load['broker_cpu_us_per_turn']:,.0f} µs",
-                        f"{m['broker_cores']:g} cores",
-                    ),
-                    (
-                        "S3 PUT/s",
-                        f"{m['turns_per_s']:,.0f} turns/s x {m['put_per_turn']:g} PUT",
-                        f"{m['s3_put_per_s']:,} ({m['s3_put_per_prefix']:,} per prefix of {a['s3_prefixes']})",
-                    ),
-                    (
-                        "S3 GET+HEAD/s",
-                        f"{m['turns_per_s']:,.0f} turns/s x {m['get_per_turn']:g}",
-                        f"{m['s3_get_per_s']:,} ({m['s3_get_per_prefix']:,} per prefix)",
-                    ),
-                ],
-            ),
-            "",
-            "Ceilings of the measured layout (6 masters, one broker Redis, 256 prefixes), in appends/s:",
-            "",
-            table(
-                ("resource", "appends/s at its limit"),
-                [(k, f"{v:,}") for k, v in sorted(ceilings.items(), key=lambda kv: kv[1])],
-            ),
-            "",
-            f"6 masters at {a['maxmemory_gib_per_master']} GiB hold "
-            f"{m['active_threads_in_6_masters']:,} active threads of {m['bytes_per_active_thread']:,} bytes.",
-            "",
-            f"**First bottleneck: {m['first_bottleneck']}**, at "
-            f"{ceilings[m['first_bottleneck']]:,} appends/s.",
-        ]
-    )
-    return sections
+    ordered = sorted(ceilings.items(), key=lambda kv: kv[1])
+    first = m["first_bottleneck"]
+    return {
+        "environment": (
+            f"Measured {result['date']} with `{result['command']}` ({result['mode']} mode, "
+            f"{result['total_s']} s): redis-server {env['redis_version']} ({env['redis_binary']}) "
+            f"x {MASTERS} masters, no replicas; moto {env['moto']}; Python {env['python']}, "
+            f"redis-py {env['redis_py']}, celery {env['celery']}; {env['cpus']} CPUs shared by "
+            f"every process of the run. Idle CPU of the {MASTERS} masters: "
+            f"{result['idle_cpu_us_per_s']:,.0f} µs/s (subtracted)."
+        ),
+        "operations": _operations_table(result["operations"]),
+        "memory": _memory_table(result["memory"], load),
+        "turns": _turns_table(cov["turns"]),
+        "sharing": _sharing(cov),
+        "beats": _beats_table(cov["beats"]),
+        "throughput": _throughput_table(load),
+        "inputs": _inputs_table(m),
+        "model": _model_table(m, load),
+        "ceilings": table(("resource", "appends/s when full"), [(k, f"{v:,}") for k, v in ordered]),
+        "verdict": (
+            f"**First bottleneck: the {first}**, full at {ceilings[first]:,} appends/s; next: "
+            f"the {ordered[1][0]} at {ordered[1][1]:,}. A turn costs the hot tier "
+            f"{load['redis_cpu_us_per_turn']:,.0f} µs of Redis CPU "
+            f"({m['rpush_equivalents_per_turn']:g} plain RPUSH), spread over every master by "
+            f"the thread's slot; it costs the broker {load['broker_cpu_us_per_turn']:,.0f} µs on "
+            f"one Redis. 6 masters at {m['assumptions']['maxmemory_gib_per_master']} GiB hold "
+            f"{m['active_threads_in_6_masters']:,} active threads of "
+            f"{m['bytes_per_active_thread']:,} bytes. Appends alone (no turn machinery) would "
+            f"need {m['append_only_cores']:,} cores of Redis CPU at 100k/s."
+            f"\n\nBelow the target of {m['assumptions']['appends_per_s']:,} appends/s, however "
+            f"many workers and masters are added: "
+            + "; ".join(f"{k} ({ceilings[k]:,})" for k in m["below_target"] if "6 masters" not in k)
+            + "."
+        ),
+    }
 
 
 def write_doc(path: Path, sections: dict[str, str]) -> None:
+    """Replace the body of each ``<!-- cluster_model:NAME -->`` ... ``<!-- /cluster_model:NAME
+    -->`` section of ``path`` with the rendered one."""
     text = path.read_text(encoding="utf-8")
     for name, body in sections.items():
-        pattern = re.compile(
-            rf"(<!-- cluster_model:{name} -->\n).*?(\n<!-- /cluster_model:{name} -->)", re.DOTALL
-        )
+        start, end = f"<!-- cluster_model:{name} -->\n", f"<!-- /cluster_model:{name} -->"
+        pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
         if not pattern.search(text):
-            raise SystemExit(f"{path}: no section <!-- cluster_model:{name} --> to render into")
-        text = pattern.sub(lambda match, body=body: match.group(1) + body + match.group(2), text)
+            raise SystemExit(f"{path}: no section {start.strip()} ... {end} to render into")
+        section = f"{start}{body}\n{end}"
+        text = pattern.sub(lambda _, section=section: section, text)
     path.write_text(text, encoding="utf-8")
 
 
@@ -1340,9 +1395,7 @@ def measure(mode: Mode, quick: bool, log_dir: Path) -> dict[str, Any]:
             stack.callback(node.close)
         specs = KeySpecs(nodes[0])
         env = environment(nodes[0], cluster.binary)
-        print(
-            f"redis-server {env['redis_version']} x {MASTERS} masters ({cluster.binary}); moto {env['moto']}"
-        )
+        print(f"redis-server {env['redis_version']} x {MASTERS} masters ({cluster.binary})")
         idle = idle_cpu_rate(nodes)
         cluster_client = cluster.client()
         stack.callback(cluster_client.close)
@@ -1362,7 +1415,8 @@ def measure(mode: Mode, quick: bool, log_dir: Path) -> dict[str, Any]:
         cov = coverage(rig, cluster.ports, specs, nodes, mode)
         print(f"   coverage: {json.dumps(cov['turns'])}", flush=True)
         print(f"   beats: {json.dumps(cov['beats'])}", flush=True)
-        load = throughput(rig, nodes, mode, idle, cov)
+        assert moto_server.process is not None
+        load = throughput(rig, nodes, mode, idle, cov, moto_server.process.pid)
         print(f"   throughput: {json.dumps(load)}", flush=True)
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
