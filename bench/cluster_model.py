@@ -741,7 +741,8 @@ def coverage(
 ) -> dict[str, Any]:
     """Three turns per thread, one turn at a time, under MONITOR (module docstring)."""
     run = uuid.uuid4().hex[:6]
-    ids = [f"cov-{run}-{i:03d}" for i in range(mode.coverage_threads)]
+    # random ids, as real ones are: sequential ids spread over CRC32 shards unlike them
+    ids = [f"cov-{run}-{uuid.uuid4().hex[:12]}" for _ in range(mode.coverage_threads)]
     kinds = ("new", "continue", "hydrate")
     per_turn: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     keys_by_thread: dict[str, set[str]] = defaultdict(set)
@@ -903,7 +904,7 @@ def throughput(
 ) -> dict[str, Any]:
     """Every thread's turns at once, round after round; counters over the continue rounds."""
     run = uuid.uuid4().hex[:6]
-    ids = [f"load-{run}-{i:04d}" for i in range(mode.load_threads)]
+    ids = [f"load-{run}-{uuid.uuid4().hex[:12]}" for _ in range(mode.load_threads)]
 
     def round_(r: int) -> float:
         started = time.perf_counter()
@@ -1178,6 +1179,11 @@ def _throughput_table(load: dict[str, Any]) -> str:
         ("client (submit): CPU ms per turn", f"{load['client_cpu_ms_per_turn']:.2f}"),
         ("moto (S3): CPU ms per turn", f"{load['moto_cpu_ms_per_turn']:.2f}"),
         ("S3 requests per turn", _s3(load["s3_per_turn"])),
+        (
+            "cold-key prefixes of these threads",
+            f"{load['cold_shards_spread']['prefixes_used']} of 256 used, at most "
+            f"{load['cold_shards_spread']['max_per_prefix']} threads on one",
+        ),
         ("turns finished, last round", f"{load['finished_last_round']} of {load['threads']}"),
     ]
     return table(("measure", "value"), rows)
