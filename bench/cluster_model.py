@@ -576,14 +576,16 @@ def operations(ctx: OpContext, mode: Mode) -> list[dict[str, Any]]:
     )  # fmt: skip
     sources: dict[int, Any] = {}
 
+    snapshots: dict[int, Any] = {}
+
     def read(i: int) -> None:
         sources[i] = hot.flush_source(ids[i], release_owner=owner[i])
+        snapshots[i] = hot.read_snapshot(ids[i], sources[i])  # the records, in chunks
 
-    op("flush read", "HotStore.flush_source (the snapshot's records)", read)
+    op("flush read", "HotStore.flush_source + read_records (meta, then the records)", read)
     etags = {}
-    for i, source in sources.items():  # the S3 PUT between read and commit, not measured
-        assert source.snapshot is not None
-        etags[i] = t.cold.write(ids[i], source.snapshot, source.cold_etag)
+    for i, source in sources.items():  # the S3 PUTs between read and commit, not measured
+        etags[i] = t.cold.write(ids[i], snapshots[i], source.cold_etag)
 
     def commit(i: int) -> None:
         source = sources[i]
