@@ -20,6 +20,7 @@ from importlib import resources
 from typing import Any, TypeAlias
 
 import redis
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.crc import key_slot
 from redis.exceptions import (
@@ -211,8 +212,8 @@ class HotStore:
     the TTL runs only while a thread equals its archive, so Redis never expires a
     write the archive does not hold. Off (a hot tier alone), the TTL is the retention.
     ``activity_refresh_ms``: an append reports ``index_due`` (and ``Threads.append``
-    writes the activity index) only if the index was last written for the thread
-    at least this long ago, so most appends are one round trip; the index may lag
+    writes the activity index: ``append(index=True)``) only if the index was last
+    written for the thread at least this long ago; the index may lag
     the last write by this much (the workers set it to an eighth of the idle time).
     """
 
@@ -241,6 +242,8 @@ class HotStore:
         self._marker_ttl_ms = archive_marker_ttl_seconds * 1000
         self.activity_refresh_ms = activity_refresh_ms
         self.activity = ActivityIndex(redis, self.layout, self._redis_call)
+        # a standalone Redis runs a script over keys of any slot: append marks the index
+        self._index_in_script = not isinstance(redis, RedisCluster)
         self._scripts: dict[str, Script] = {
             name: redis.register_script(script_source(name)) for name in _SCRIPT_NAMES
         }
@@ -362,27 +365,43 @@ class HotStore:
         messages: Iterable[Mapping[str, Any]],
         *,
         owner: str | None = None,
+        index: bool = False,
     ) -> AppendResult:
         """Append messages whose ids the thread has not seen, exactly once each.
 
         With ``owner``, the append is refused with ``LeaseLost`` (nothing
-        written) unless that owner holds the thread's lease.
+        written) unless that owner holds the thread's lease. ``index``: also mark
+        the activity index when it is due (``index_due``): in the same script on a
+        standalone Redis, so the append stays one round trip; on Redis Cluster the
+        index lives in other slots and is marked after the script.
         """
         keys = self.keys(thread_id)
         if owner is not None:
             validate_message_id(owner, self.limits, what="lease owner")
         batch = encode_batch(messages, self.limits)
-        args: list[Any] = [self._ttl_ms, owner or "", self.activity_refresh_ms]
+        script_keys = keys.data
+        member = ""
+        if index and self._index_in_script:
+            script_keys = [*script_keys, self.layout.activity_of(thread_id)]
+            member = thread_id
+        args: list[Any] = [self._ttl_ms, owner or "", self.activity_refresh_ms, member]
         for item in batch:
-            args += [item.id, item.record]
-        reply = self._call("append", keys.data, args)
+            args += item
+        reply = self._call("append", script_keys, args)
         if _text(reply[0]) == "lease_lost":
             raise LeaseLost(thread_id, owner or "", _text(reply[1]) or None)
         _, flags, length, version, due = self._checked(thread_id, reply)
         flags = _text(flags)
+        if "0" in flags:
+            appended = tuple(m.id for m, f in zip(batch, flags, strict=True) if f == "1")
+            skipped = tuple(m.id for m, f in zip(batch, flags, strict=True) if f == "0")
+        else:  # the usual case: everything was new
+            appended, skipped = tuple(m.id for m in batch), ()
+        if due and index and not member:
+            self.mark_active(thread_id)
         return AppendResult(
-            appended_ids=tuple(m.id for m, f in zip(batch, flags, strict=True) if f == "1"),
-            skipped_ids=tuple(m.id for m, f in zip(batch, flags, strict=True) if f == "0"),
+            appended_ids=appended,
+            skipped_ids=skipped,
             length=int(length),
             version=int(version),
             index_due=bool(due),
