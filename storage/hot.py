@@ -30,6 +30,7 @@ from redis.exceptions import (
     ClusterError,
     MasterDownError,
     NoPermissionError,
+    NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisError,
@@ -265,6 +266,15 @@ class HotStore:
     def _call(self, name: str, keys: list[str], args: Iterable[Any] = ()) -> Any:
         return self._redis_call(lambda: self._scripts[name](keys=keys, args=list(args)), name)
 
+    def _evalsha(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """``self._scripts[name](keys, args)`` without redis-py's ``Script.__call__``
+        (its per-call import and argument copies cost a tenth of a 1-message append)."""
+        script = self._scripts[name]
+        try:
+            return self.redis.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:  # a restarted or other server: Script loads it again
+            return script(keys=keys, args=args)
+
     def _checked(self, thread_id: str, reply: Any) -> list[Any]:
         """Raise the typed error for a script's refusal; return the 'ok' reply."""
         status = _text(reply[0])
@@ -387,7 +397,7 @@ class HotStore:
         args: list[Any] = [self._ttl_ms, owner or "", self.activity_refresh_ms, member]
         for item in batch:
             args += item
-        reply = self._call("append", script_keys, args)
+        reply = self._redis_call(lambda: self._evalsha("append", script_keys, args), "append")
         if _text(reply[0]) == "lease_lost":
             raise LeaseLost(thread_id, owner or "", _text(reply[1]) or None)
         _, flags, length, version, due = self._checked(thread_id, reply)
