@@ -158,7 +158,7 @@ def _encode(value: object, exact: bool) -> bytes:
 
 def encode_message(message: object, limits: Limits = DEFAULT_LIMITS) -> EncodedMessage:
     """Validate one ``{"id", "body"}`` mapping and return its id and encoded record."""
-    if not isinstance(message, Mapping):
+    if type(message) is not dict and not isinstance(message, Mapping):  # dict: no ABC check
         raise InvalidMessage(
             f'a message must be a mapping {{"id": ..., "body": ...}}, got {type(message).__name__}'
         )
@@ -166,7 +166,7 @@ def encode_message(message: object, limits: Limits = DEFAULT_LIMITS) -> EncodedM
         raise InvalidMessage('message has no "id"; every message needs a stable id for dedup')
     if "body" not in message:
         raise InvalidMessage(f'message {message["id"]!r} has no "body"')
-    extra = set(message) - {"id", "body"}
+    extra = set(message) - {"id", "body"} if len(message) != 2 else ()
     if extra:
         raise InvalidMessage(
             f"message {message['id']!r} has unknown fields {sorted(map(str, extra))}; "
@@ -198,7 +198,9 @@ def encode_batch(
     """Validate and encode a batch; all-or-nothing. ``unique`` refuses repeated ids.
     ``whole_thread``: the batch is a thread's whole list (replace_all, a transformed
     fork), which the caller writes in chunks, so ``limits.max_batch`` does not apply."""
-    if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Iterable):
+    if type(messages) is not list and (
+        isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Iterable)
+    ):
         raise InvalidMessage("messages must be a list of {id, body} mappings")
     batch = list(messages)
     if len(batch) > limits.max_batch and not whole_thread:
