@@ -87,3 +87,25 @@ def test_a_bare_hot_store_leaves_the_index_to_its_caller(counted: redis.Redis) -
     result = hot.append("t1", [msg("m1")])
     assert result.index_due
     assert "t1" not in indexed(hot)
+
+
+def test_a_production_append_runs_eight_commands_inside_its_script(
+    counted: redis.Redis, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """EXISTS, HMGET meta, LLEN, HMGET ledger, TIME, HSET ledger, RPUSH, HSET meta:
+    no PEXPIRE/PERSIST while no expiry is due, no second HSET for the index mark."""
+    threads = Threads(HotStore(counted, activity_refresh_ms=60_000), FileColdStore(tmp_path))
+    threads.open("t1", "new")
+    threads.append("t1", [msg("m0")])
+    reset_command_stats(redis_client)
+    for i in range(1, 11):
+        threads.append("t1", [msg(f"m{i}")])
+    stats = redis_client.info("commandstats")
+    inner = {
+        name.removeprefix("cmdstat_"): int(value["calls"])
+        for name, value in stats.items()
+        if name not in ("cmdstat_evalsha", "cmdstat_info", "cmdstat_config|resetstat")
+    }
+    assert inner == {
+        "exists": 10, "hmget": 20, "llen": 10, "time": 10, "hset": 20, "rpush": 10,
+    }  # fmt: skip
