@@ -20,6 +20,7 @@ from importlib import resources
 from typing import Any, TypeAlias
 
 import redis
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.crc import key_slot
 from redis.exceptions import (
@@ -29,6 +30,7 @@ from redis.exceptions import (
     ClusterError,
     MasterDownError,
     NoPermissionError,
+    NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisError,
@@ -219,8 +221,8 @@ class HotStore:
     the TTL runs only while a thread equals its archive, so Redis never expires a
     write the archive does not hold. Off (a hot tier alone), the TTL is the retention.
     ``activity_refresh_ms``: an append reports ``index_due`` (and ``Threads.append``
-    writes the activity index) only if the index was last written for the thread
-    at least this long ago, so most appends are one round trip; the index may lag
+    writes the activity index: ``append(index=True)``) only if the index was last
+    written for the thread at least this long ago; the index may lag
     the last write by this much (the workers set it to an eighth of the idle time).
     """
 
@@ -249,6 +251,8 @@ class HotStore:
         self._marker_ttl_ms = archive_marker_ttl_seconds * 1000
         self.activity_refresh_ms = activity_refresh_ms
         self.activity = ActivityIndex(redis, self.layout, self._redis_call)
+        # a standalone Redis runs a script over keys of any slot: append marks the index
+        self._index_in_script = not isinstance(redis, RedisCluster)
         self._scripts: dict[str, Script] = {
             name: redis.register_script(script_source(name)) for name in _SCRIPT_NAMES
         }
@@ -269,6 +273,15 @@ class HotStore:
 
     def _call(self, name: str, keys: list[str], args: Iterable[Any] = ()) -> Any:
         return self._redis_call(lambda: self._scripts[name](keys=keys, args=list(args)), name)
+
+    def _evalsha(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """``self._scripts[name](keys, args)`` without redis-py's ``Script.__call__``
+        (its per-call import and argument copies cost a tenth of a 1-message append)."""
+        script = self._scripts[name]
+        try:
+            return self.redis.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:  # a restarted or other server: Script loads it again
+            return script(keys=keys, args=args)
 
     def _checked(self, thread_id: str, reply: Any) -> list[Any]:
         """Raise the typed error for a script's refusal; return the 'ok' reply."""
@@ -370,27 +383,43 @@ class HotStore:
         messages: Iterable[Mapping[str, Any]],
         *,
         owner: str | None = None,
+        index: bool = False,
     ) -> AppendResult:
         """Append messages whose ids the thread has not seen, exactly once each.
 
         With ``owner``, the append is refused with ``LeaseLost`` (nothing
-        written) unless that owner holds the thread's lease.
+        written) unless that owner holds the thread's lease. ``index``: also mark
+        the activity index when it is due (``index_due``): in the same script on a
+        standalone Redis, so the append stays one round trip; on Redis Cluster the
+        index lives in other slots and is marked after the script.
         """
         keys = self.keys(thread_id)
         if owner is not None:
             validate_message_id(owner, self.limits, what="lease owner")
         batch = encode_batch(messages, self.limits)
-        args: list[Any] = [self._ttl_ms, owner or "", self.activity_refresh_ms]
+        script_keys = keys.data
+        member = ""
+        if index and self._index_in_script:
+            script_keys = [*script_keys, self.layout.activity_of(thread_id)]
+            member = thread_id
+        args: list[Any] = [self._ttl_ms, owner or "", self.activity_refresh_ms, member]
         for item in batch:
-            args += [item.id, item.record]
-        reply = self._call("append", keys.data, args)
+            args += item
+        reply = self._redis_call(lambda: self._evalsha("append", script_keys, args), "append")
         if _text(reply[0]) == "lease_lost":
             raise LeaseLost(thread_id, owner or "", _text(reply[1]) or None)
         _, flags, length, version, due = self._checked(thread_id, reply)
         flags = _text(flags)
+        if "0" in flags:
+            appended = tuple(m.id for m, f in zip(batch, flags, strict=True) if f == "1")
+            skipped = tuple(m.id for m, f in zip(batch, flags, strict=True) if f == "0")
+        else:  # the usual case: everything was new
+            appended, skipped = tuple(m.id for m in batch), ()
+        if due and index and not member:
+            self.mark_active(thread_id)
         return AppendResult(
-            appended_ids=tuple(m.id for m, f in zip(batch, flags, strict=True) if f == "1"),
-            skipped_ids=tuple(m.id for m, f in zip(batch, flags, strict=True) if f == "0"),
+            appended_ids=appended,
+            skipped_ids=skipped,
             length=int(length),
             version=int(version),
             index_due=bool(due),

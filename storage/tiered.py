@@ -603,10 +603,11 @@ class Threads:
         """``HotStore.append``, hydrating a cold thread first. Exactly once per id,
         also across flush and hydrate (the ledger is archived with the thread)."""
         batch = list(messages)
-        result = self._hot(thread_id, lambda: self.hot.append(thread_id, batch, owner=owner))
-        if result.index_due:  # most appends: the index is fresh enough, one round trip
-            self.hot.mark_active(thread_id)
-        return result
+        # one round trip: the activity index, when due, is marked by the append script
+        # (on Redis Cluster, where it is in another slot, by a second call when due)
+        return self._hot(
+            thread_id, lambda: self.hot.append(thread_id, batch, owner=owner, index=True)
+        )
 
     def get(self, thread_id: str, ids: Iterable[str]) -> dict[str, Message]:
         """``HotStore.get`` (records by id through the ledger), hydrating a cold thread."""

@@ -211,3 +211,16 @@ def backdate(hot: HotStore, thread_id: str, at_ms: int, *, meta: bool = True) ->
     hot.redis.zadd(layout.activity_of(thread_id), {thread_id: at_ms})
     if meta:
         hot.redis.hset(layout.thread(thread_id).meta, "updated", at_ms)
+
+
+def age_expiry(hot: HotStore, thread_id: str, left_ms: int) -> None:
+    """Make ``thread_id``'s expiring keys look as if their TTL ran down to ``left_ms``:
+    the keys' PTTL and the refresh mark that ``touch`` in _prelude.lua reads."""
+    keys = hot.keys(thread_id)
+    names = (keys.meta, keys.msgs, keys.ids, keys.state, keys.turns, keys.runs)
+    existing = [key for key in names if hot.redis.exists(key)]
+    for key in existing:
+        hot.redis.pexpire(key, left_ms)
+    seconds, micros = hot.redis.time()
+    deadline = int(seconds) * 1000 + int(micros) // 1000 + left_ms
+    hot.redis.hset(keys.meta, "expiry", f"{deadline}:{len(existing)}")

@@ -23,26 +23,62 @@ local function now_ms()
 end
 
 -- The expiry of every data key of the thread; the lease keeps its own. ttl_ms > 0:
--- refresh it (a hot tier without a cold tier: the TTL is the retention). ttl_ms < 0:
--- a cold tier archives this store, so the TTL (-ttl_ms) runs only while the hot copy
--- equals its archive; a thread ahead of its archive never expires. 0: never expire.
-local function touch(ttl_ms)
-  local keys = {K_META, K_MSGS, K_IDS, K_STATE, K_TURNS, K_RUNS}
+-- the TTL is the retention (a hot tier without a cold tier). ttl_ms < 0: a cold tier
+-- archives this store, so the TTL (-ttl_ms) runs only while the hot copy equals its
+-- archive; a thread ahead of its archive never expires. 0: never expire.
+-- Meta 'expiry' remembers what the last refresh did to the keys: 'p' (persisted) or
+-- '<deadline_ms>:<keys that existed>'. Expiring keys are refreshed only when due: less
+-- than half the TTL left (or more than the TTL, after a configuration change), or a
+-- key created since. So a thread expires between ttl/2 and ttl after its last write.
+local EXPIRY_KEYS = {K_META, K_MSGS, K_IDS, K_STATE, K_TURNS, K_RUNS}
+
+-- touch() once meta's version, cold_version and expiry are known. kept: this script
+-- wrote only with commands that keep the keys' expiries (HSET, RPUSH onto an existing
+-- key) and created no key but meta's fields; otherwise the expiry is set again.
+local function touch_fields(ttl_ms, version, cold_version, expiry, kept)
+  if ttl_ms == 0 then
+    return
+  end
   if ttl_ms < 0 then
-    local v = redis.call('HMGET', K_META, 'version', 'cold_version')
-    if v[1] ~= v[2] then
-      for _, key in ipairs(keys) do
-        redis.call('PERSIST', key)
+    if tonumber(version) ~= tonumber(cold_version) then
+      if expiry ~= 'p' then -- only touch() sets expiries while meta exists
+        for _, key in ipairs(EXPIRY_KEYS) do
+          redis.call('PERSIST', key)
+        end
+        redis.call('HSET', K_META, 'expiry', 'p')
       end
       return
     end
     ttl_ms = -ttl_ms
   end
-  if ttl_ms > 0 then
-    for _, key in ipairs(keys) do
-      redis.call('PEXPIRE', key, ttl_ms)
+  local now = now_ms()
+  if kept and expiry and expiry ~= 'p' then
+    local deadline, count = string.match(expiry, '^(%d+):(%d+)$')
+    local left = tonumber(deadline or '0') - now
+    if left >= ttl_ms / 2 and left <= ttl_ms
+        and redis.call('EXISTS', unpack(EXPIRY_KEYS)) == tonumber(count) then
+      return
     end
   end
+  local count = 0
+  for _, key in ipairs(EXPIRY_KEYS) do
+    count = count + redis.call('PEXPIRE', key, ttl_ms)
+  end
+  redis.call('HSET', K_META, 'expiry', (now + ttl_ms) .. ':' .. count)
+end
+
+local function touch(ttl_ms)
+  if ttl_ms == 0 then
+    return
+  end
+  local v = redis.call('HMGET', K_META, 'version', 'cold_version', 'expiry')
+  if not v[1] and redis.call('EXISTS', K_META) == 0 then -- nowhere to remember it
+    for _, key in ipairs(EXPIRY_KEYS) do
+      redis.call('PEXPIRE', key, math.abs(ttl_ms))
+    end
+    return
+  end
+  touch_fields(ttl_ms, v[1], v[2], v[3], false)
 end
 
 -- A lineage stamp: unique per mutation of one history, so two copies that reached
