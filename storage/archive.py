@@ -64,7 +64,8 @@ MAX_GARBAGE = 256
 """Garbage entries a manifest carries at most; older ones are deleted at once (a hydrate
 that still wanted one reads the manifest again)."""
 _READ_ATTEMPTS = 5
-_FETCH_THREADS = 8
+FETCH_THREADS = 8
+"""Parts an S3 store fetches at once during a hydrate."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,20 +371,24 @@ def read_archive(
 
 
 def fetch_parts(
-    fetch: Callable[[str], bytes | None], names: Sequence[str]
+    fetch: Callable[[str], bytes | None],
+    names: Sequence[str],
+    pool: ThreadPoolExecutor | None = None,
 ) -> dict[str, bytes | None]:
-    """``fetch`` every name, in parallel when there is more than one."""
-    if len(names) <= 1:
+    """``fetch`` every name, on ``pool`` when there is one and more than one name (a
+    network store: the round trips overlap; a local disk gains nothing)."""
+    if pool is None or len(names) <= 1:
         return {name: fetch(name) for name in names}
-    with ThreadPoolExecutor(max_workers=min(_FETCH_THREADS, len(names))) as pool:
-        return dict(zip(names, pool.map(fetch, names), strict=True))
+    return dict(zip(names, pool.map(fetch, names), strict=True))
 
 
 def _assemble(store: ColdStore, manifest: Manifest, max_bytes: int) -> Snapshot:
     header, layout = manifest.header, manifest.layout
     thread_id = header.thread_id
     blobs = fetch_parts(
-        lambda name: store.get_part(thread_id, name), [p.name for p in layout.parts]
+        lambda name: store.get_part(thread_id, name),
+        [p.name for p in layout.parts],
+        getattr(store, "fetch_pool", None),
     )
     for part in layout.parts:
         data = blobs[part.name]

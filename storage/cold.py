@@ -17,13 +17,21 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from storage.archive import GC_DELAY_MS, Manifest, decode_object, read_archive, write_base
+from storage.archive import (
+    FETCH_THREADS,
+    GC_DELAY_MS,
+    Manifest,
+    decode_object,
+    read_archive,
+    write_base,
+)
 from storage.errors import (
     AgentThreadsError,
     ColdStoreConflict,
@@ -242,6 +250,15 @@ class S3ColdStore:
         self.sse = dict(sse or {})
         self.max_snapshot_bytes = max_snapshot_bytes
         self._bucket_seen = False
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def fetch_pool(self) -> ThreadPoolExecutor:
+        """The threads a hydrate fetches an archive's parts on, in parallel (boto3
+        clients are thread-safe); created on first use, shared by every read."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="cold-fetch")
+        return self._pool
 
     def key(self, thread_id: str) -> str:
         return object_key(self.prefix, thread_id)
