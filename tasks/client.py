@@ -149,7 +149,7 @@ class ThreadClient:
         )
         lease_ms = int(self.app.conf.agent_threads.get("lease_ttl_ms", 20_000))
         self.turns.submit(thread_id, turn_id, steps=spec["steps"], spec=spec, lease_ms=lease_ms)
-        result: AsyncResult[Any] = turn_canvas(spec, 0, self.app).apply_async()
+        result: AsyncResult[Any] = turn_canvas(spec, 0, self.app, recorded=True).apply_async()
         return result
 
     def turn_status(self, thread_id: str, turn_id: str) -> TurnStatus | None:

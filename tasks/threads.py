@@ -235,7 +235,7 @@ def reconcile_turns(self: ThreadTask, limit_per_shard: int | None = None) -> JSO
             wake.step,
             wake.status.wakes,
         )
-        turn_canvas(wake.spec, wake.step, app).apply_async()
+        turn_canvas(wake.spec, wake.step, app, recorded=True).apply_async()
     return {
         "due": report.due,
         "woken": [[w.thread_id, w.turn_id, w.step] for w in report.woken],

@@ -137,20 +137,38 @@ def _is_thread_task(task: Task[Any, Any]) -> bool:
     return isinstance(task, ThreadTask)
 
 
-def turn_canvas(spec: Mapping[str, Any], start: int | str = 0, app: Celery | None = None) -> Any:
+def turn_canvas(
+    spec: Mapping[str, Any],
+    start: int | str = 0,
+    app: Celery | None = None,
+    *,
+    recorded: bool = False,
+) -> Any:
     """The canvas of a planned turn from step ``start`` on (``CLEANUP``: only the
-    cleanup flush of a failing turn); call ``.apply_async()`` on it."""
+    cleanup flush of a failing turn); call ``.apply_async()`` on it. ``recorded``: the
+    turn's record exists (``ThreadClient.turn``, the reconciler), so its first step
+    does not carry the spec to record it.
+
+    Only the last step (and the cleanup) stores a Celery result, the one the caller
+    may wait for; the record keeps every step's outcome, and a failure still reaches
+    the last step's result (``ThreadTask.store_errors_even_if_ignored``)."""
     celery = app or default_app
     thread_id, turn_id = spec["thread_id"], spec["turn_id"]
     queues: Mapping[str, str] = spec["queues"]
     folded = spec["steps"][0] == "open"
+    last = len(spec["steps"]) - 1
 
     def step(index: int | str, name: str, **kwargs: Any) -> Signature[Any]:
         headers: dict[str, Any] = {TURN_HEADER: turn_id, STEP_HEADER: index}
-        if index == 0:
+        if index == 0 and not recorded:
             headers[SPEC_HEADER] = dict(spec)  # a turn no client recorded records itself
         return celery.signature(
-            name, kwargs=kwargs, immutable=True, queue=queues[name], headers=headers
+            name,
+            kwargs=kwargs,
+            immutable=True,
+            queue=queues[name],
+            headers=headers,
+            ignore_result=index not in (last, CLEANUP),
         )
 
     # a spec of the five-step layout predates ``evict``: it evicted after every turn
@@ -167,6 +185,7 @@ def turn_canvas(spec: Mapping[str, Any], start: int | str = 0, app: Celery | Non
         kwargs={**run["kwargs"], "thread_id": thread_id, "turn_id": turn_id},
         options={
             "queue": queues[run["task"]],
+            "ignore_result": True,
             **run["options"],
             "headers": {TURN_HEADER: turn_id, STEP_HEADER: run_index},
         },

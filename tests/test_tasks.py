@@ -485,10 +485,7 @@ def test_the_idle_flush_evicts_a_thread_a_default_turn_kept_hot(
     assert store.hot.exists("i1")
     backdate(store.hot, "i1", int(time.time() * 1000) - 3_600_000)
     run(app, "threads.flush_idle", idle_seconds=60)
-    deadline = time.monotonic() + TIMEOUT
-    while store.hot.exists("i1") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not store.hot.exists("i1"), "the idle flush did not evict the thread"
+    wait_until(lambda: not store.hot.exists("i1"), "the idle flush did not evict the thread")
     assert archived_ids(store, "i1") == ["u1", "it-1:reply"]
 
 
@@ -521,6 +518,11 @@ def test_an_opening_that_fails_fails_the_turn_at_once_and_holds_nothing(
     assert ids(store, "o1") == []
 
 
+def done_step(store: Threads, thread_id: str, turn_id: str) -> int | None:
+    status = store.turns.status(thread_id, turn_id)
+    return None if status is None else status.done
+
+
 def five_step_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """``spec`` as the code before the folded opening planned it (no ``evict``; five
     steps, each queue resolved)."""
@@ -546,8 +548,9 @@ def test_a_turn_recorded_with_five_steps_still_resumes_from_any_step(
     )
     store.turns.submit("old-1", "ot-5", steps=spec["steps"], spec=spec, lease_ms=20_000)
     canvas = turn_canvas(spec, 0, app)
-    for opening in canvas.tasks[:3]:  # the first three steps; then the worker "dies"
-        opening.clone(options={"chain": []}).apply_async().get(timeout=TIMEOUT)
+    for n, opening in enumerate(canvas.tasks[:3]):  # three steps; then the worker "dies"
+        opening.clone(options={"chain": []}).apply_async()  # (a step stores no result)
+        wait_until(lambda n=n: done_step(store, "old-1", "ot-5") == n, f"step {n} never ran")
     status = store.turns.status("old-1", "ot-5")
     assert status is not None
     assert (status.state, status.done) == ("running", 2)
@@ -558,3 +561,15 @@ def test_a_turn_recorded_with_five_steps_still_resumes_from_any_step(
     assert status is not None
     assert (status.state, status.done, status.steps[1]) == ("finished", 4, "acquire_lease")
     assert archived_ids(store, "old-1") == ["u1", "ot-5:reply"]
+
+
+def test_a_continue_turn_on_a_thread_in_no_tier_fails_and_creates_nothing(
+    app: Celery, client: ThreadClient, store: Threads
+) -> None:
+    with pytest.raises(TurnFailed, match=r"ThreadNotFound.*mode='new' first"):
+        client.run_turn("n1", [msg("u1")], app.signature("test.echo_agent"), turn_id="nt-1")
+    status = client.turn_status("n1", "nt-1")
+    assert status is not None
+    assert (status.state, status.done) == ("failed", -1)
+    assert not store.hot.exists("n1")
+    assert store.cold.head("n1") is None
