@@ -77,8 +77,8 @@ class ThreadTask(Task[Any, Any]):
     max_retries = int(_POLICY.get("max_retries", 8))
     # expected failures are logged without a traceback
     throws = (AgentThreadsError,)
-    # the steps of a turn before its last store no result (tasks/turns.py); a failure
-    # must still reach the chain's last result, which the caller waits for
+    # a turn's opening step stores no result (tasks/turns.py); its failure must still
+    # reach the turn's result, which the caller waits for
     store_errors_even_if_ignored = True
 
     def retry(

@@ -149,14 +149,15 @@ def turn_canvas(
     turn's record exists (``ThreadClient.turn``, the reconciler), so its first step
     does not carry the spec to record it.
 
-    Only the last step (and the cleanup) stores a Celery result, the one the caller
-    may wait for; the record keeps every step's outcome, and a failure still reaches
-    the last step's result (``ThreadTask.store_errors_even_if_ignored``)."""
+    The opening steps store no Celery result (nobody reads it: the record keeps
+    every step's outcome); the agent's result (``AsyncResult.parent`` of the turn's)
+    and the flush's are stored. A failure of any step still reaches the turn's
+    result (``ThreadTask.store_errors_even_if_ignored``)."""
     celery = app or default_app
     thread_id, turn_id = spec["thread_id"], spec["turn_id"]
     queues: Mapping[str, str] = spec["queues"]
     folded = spec["steps"][0] == "open"
-    last = len(spec["steps"]) - 1
+    run_index = len(spec["steps"]) - 2  # the agent's step; then the flush
 
     def step(index: int | str, name: str, **kwargs: Any) -> Signature[Any]:
         headers: dict[str, Any] = {TURN_HEADER: turn_id, STEP_HEADER: index}
@@ -168,7 +169,7 @@ def turn_canvas(
             immutable=True,
             queue=queues[name],
             headers=headers,
-            ignore_result=index not in (last, CLEANUP),
+            ignore_result=isinstance(index, int) and index < run_index,
         )
 
     # a spec of the five-step layout predates ``evict``: it evicted after every turn
@@ -177,7 +178,6 @@ def turn_canvas(
     cleanup = step(CLEANUP, "threads.flush", **finish)
     if start == CLEANUP:
         return cleanup
-    run_index = len(spec["steps"]) - 2
     run = spec["run"]
     agent = celery.signature(
         run["task"],
@@ -185,7 +185,6 @@ def turn_canvas(
         kwargs={**run["kwargs"], "thread_id": thread_id, "turn_id": turn_id},
         options={
             "queue": queues[run["task"]],
-            "ignore_result": True,
             **run["options"],
             "headers": {TURN_HEADER: turn_id, STEP_HEADER: run_index},
         },
