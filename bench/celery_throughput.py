@@ -161,6 +161,9 @@ def run_benchmarks(store: Any, count: int, repeats: int, concurrency: int) -> No
     turn_ms, evicting_ms, noops_ms = (statistics.median(samples[k]) for k in kinds)
     hot_bytes = thread_bytes(store, hot_tids[-1])
     evicted_bytes = thread_bytes(store, evicting_tids[-1])
+    store.open("bytes-100", "new")
+    store.append("bytes-100", [{"id": f"m{i}", "body": BODY} for i in range(100)])
+    hundred_bytes = thread_bytes(store, "bytes-100")
 
     print(
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs, one celery worker "
@@ -186,7 +189,8 @@ def run_benchmarks(store: Any, count: int, repeats: int, concurrency: int) -> No
         '\nuser message; evict="idle": the thread is hot, evict="turn": it is restored from the'
         "\ncold tier first and evicted at the end. Turns and noop chains interleaved, median."
         f"\nRedis bytes the thread holds after the turn (8 messages): {hot_bytes:,} hot"
-        f' (evict="idle"), {evicted_bytes:,} evicted (evict="turn": turn records and markers)'
+        f' (evict="idle"), {evicted_bytes:,} evicted (evict="turn": turn records and markers);'
+        f"\na hot thread of 100 such ~1 KB messages: {hundred_bytes:,}"
     )
 
 
