@@ -128,20 +128,27 @@ class Heartbeats:
                 for beat in due:
                     beat.due = now + beat.every
             for beat in due:
-                if beat in self._beats and not self._renew(beat.run):
-                    self.remove(beat)
+                if beat in self._beats:
+                    self._renew(beat)
 
-    @staticmethod
-    def _renew(run: StepRun) -> bool:
-        """Renew ``run``'s claim and lease; False once the claim was taken over."""
+    def _renew(self, beat: _Beat) -> None:
+        """Renew the claim and lease of ``beat``'s step; a claim taken over marks the
+        step superseded. A step that ended while its beat was in flight is left alone
+        (its claim is gone because it reported, not because it was taken over)."""
+        run = beat.run
         try:
             alive = run.turns.heartbeat(
                 run.thread_id, run.turn_id, token=run.token, lease_ms=run.lease_ms
             )
         except Exception as exc:  # a Redis blip: the next beat tries again
             log.warning("turn %s: heartbeat failed: %s", run.turn_id, exc)
-            return True
-        if not alive:
+            return
+        if alive:
+            return
+        with self._cond:
+            running = beat in self._beats
+            self._beats.discard(beat)
+        if running:
             log.warning(
                 "turn %s step %s: the claim was taken over; this execution stops doing "
                 "side effects",
@@ -149,7 +156,6 @@ class Heartbeats:
                 run.step,
             )
             run.superseded.set()
-        return alive
 
 
 HEARTBEATS = Heartbeats()
