@@ -1,7 +1,9 @@
 """The thread tasks (names are public and stable; JSON in, JSON out).
 
-Each task validates, calls ``storage.Threads`` once and returns plain JSON. Every
-task is idempotent, so a redelivery after a worker crash or a retry is harmless.
+Each task validates, calls ``storage.Threads`` once and returns plain JSON; the
+exception is ``threads.open_turn``, the opening step of an agent turn, which runs
+open, acquire_lease and append, each idempotent. Every task is idempotent, so a
+redelivery after a worker crash or a retry is harmless.
 """
 
 from __future__ import annotations
