@@ -1,9 +1,11 @@
-"""The cold tier: one snapshot object per thread, written with compare-and-swap.
+"""The cold tier: one archive per thread, its head object written with compare-and-swap.
 
-``write(tid, snapshot, if_match=None)`` creates the object only if there is
-none (S3 ``If-None-Match: *``); ``write(..., if_match=etag)`` replaces it only
-if it still has that etag (S3 ``If-Match``). A lost race raises
-``ColdStoreConflict``, so two writers can never silently overwrite each other.
+The object at ``object_key`` is the archive: a schema-2 manifest (``storage.archive``)
+or a whole schema-1 snapshot. ``write_bytes(tid, data, if_match=None)`` creates it
+only if there is none (S3 ``If-None-Match: *``); ``if_match=etag`` replaces it only
+if it still has that etag (S3 ``If-Match``). A lost race raises ``ColdStoreConflict``,
+so two writers can never silently overwrite each other. The manifest's parts live
+under ``parts_prefix``, each written once under a fresh name (``put_part``).
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from storage.archive import GC_DELAY_MS, Manifest, decode_object, read_archive, write_base
 from storage.errors import (
     AgentThreadsError,
     ColdStoreConflict,
@@ -31,12 +35,11 @@ from storage.snapshot import (
     DEFAULT_MAX_SNAPSHOT_BYTES,
     Compression,
     Snapshot,
-    decode_snapshot,
-    encode_snapshot,
 )
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
 
 class ColdStore(Protocol):
@@ -46,7 +49,12 @@ class ColdStore(Protocol):
     compression_level: int | None
 
     def read(self, thread_id: str) -> tuple[Snapshot, str] | None:
-        """The snapshot and its etag, or None if there is none; ``SnapshotCorrupt`` if bad."""
+        """The whole archive (manifest and parts, or a schema-1 snapshot) and its etag,
+        or None if there is none; ``SnapshotCorrupt`` if anything is bad."""
+        ...
+
+    def read_object(self, thread_id: str) -> tuple[bytes, str] | None:
+        """The raw bytes at the archive's key and their etag, or None."""
         ...
 
     def head(self, thread_id: str) -> str | None:
@@ -58,11 +66,28 @@ class ColdStore(Protocol):
         ...
 
     def write_bytes(self, thread_id: str, data: bytes, if_match: str | None) -> str:
-        """``write`` for a snapshot already encoded with ``encode_snapshot``."""
+        """Store an encoded manifest or schema-1 snapshot at the archive's key, with the
+        compare-and-swap of ``write``."""
+        ...
+
+    def put_part(self, thread_id: str, name: str, data: bytes) -> None:
+        """Store one part of the archive; create-only (names are never reused)."""
+        ...
+
+    def get_part(self, thread_id: str, name: str) -> bytes | None:
+        """The bytes of one part, or None if it does not exist."""
+        ...
+
+    def delete_parts(self, thread_id: str, names: Iterable[str]) -> None:
+        """Remove parts; idempotent."""
+        ...
+
+    def list_parts(self, thread_id: str) -> list[PartObject]:
+        """Every part stored for the thread, referenced or not."""
         ...
 
     def delete(self, thread_id: str) -> None:
-        """Remove the snapshot; idempotent."""
+        """Remove the archive and then all its parts; idempotent."""
         ...
 
     def list(self, prefix: str = "") -> Iterator[ColdObject]:
@@ -79,6 +104,12 @@ def object_key(prefix: str, thread_id: str) -> str:
     """``prefix/<2-hex shard>/<tid>.json.gz``: the shard spreads keys over S3 partitions."""
     shard = hashlib.sha256(validate_thread_id(thread_id).encode()).hexdigest()[:2]
     return f"{prefix}/{shard}/{thread_id}.json.gz" if prefix else f"{shard}/{thread_id}.json.gz"
+
+
+def parts_prefix(prefix: str, thread_id: str) -> str:
+    """Where the parts of a thread's archive live: ``<object key minus .json.gz>.parts/``.
+    Part names never end in ``.json.gz``, so a listing never takes one for a thread."""
+    return object_key(prefix, thread_id)[: -len(_SUFFIX)] + ".parts/"
 
 
 def namespaced_prefix(prefix: str, namespace: str | None) -> str:
@@ -110,6 +141,14 @@ def thread_id_of_key(prefix: str, key: str) -> str | None:
         return None
 
 
+class PartObject(NamedTuple):
+    """One stored part: ``(name, size, last_modified)``."""
+
+    name: str
+    size: int
+    last_modified: datetime
+
+
 class ColdObject(NamedTuple):
     """One archive in a cold-store listing: ``(thread_id, size, last_modified)``."""
 
@@ -118,6 +157,28 @@ class ColdObject(NamedTuple):
     """Bytes stored (compressed)."""
     last_modified: datetime
     """When the archive was last written (timezone-aware, UTC)."""
+
+
+def write_archive(
+    store: ColdStore, thread_id: str, snapshot: Snapshot, if_match: str | None
+) -> str:
+    """``ColdStore.write``: ``snapshot`` as a new base and manifest; the parts of the
+    archive it replaces become garbage (``storage.archive``)."""
+    if snapshot.thread_id != thread_id:
+        raise ValueError(f"snapshot of {snapshot.thread_id!r} written as {thread_id!r}")
+    previous = None
+    if if_match is not None:
+        found = store.read_object(thread_id)
+        if found is not None and found[1] == if_match:
+            with contextlib.suppress(AgentThreadsError):
+                decoded = decode_object(found[0], thread_id)
+                previous = decoded.layout if isinstance(decoded, Manifest) else None
+    written = write_base(
+        store, snapshot, if_match, previous, now_ms=int(time.time() * 1000), gc_delay_ms=GC_DELAY_MS
+    )
+    if written.collect:
+        store.delete_parts(thread_id, written.collect)
+    return written.etag
 
 
 _TRANSIENT_CODES = {
@@ -199,18 +260,70 @@ class S3ColdStore:
         self._bucket_seen = True
 
     def read(self, thread_id: str) -> tuple[Snapshot, str] | None:
-        key = self.key(thread_id)
+        return read_archive(self, thread_id, max_bytes=self.max_snapshot_bytes)
+
+    def _get(self, key: str, thread_id: str, action: str) -> tuple[bytes, str] | None:
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=key)
             data = response["Body"].read()
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
-            raise _s3_error(exc, "read", thread_id) from exc
+            raise _s3_error(exc, action, thread_id) from exc
         except BotoCoreError as exc:
-            raise _s3_error(exc, "read", thread_id) from exc
-        snapshot = decode_snapshot(data, thread_id, max_bytes=self.max_snapshot_bytes)
-        return snapshot, response["ETag"]
+            raise _s3_error(exc, action, thread_id) from exc
+        return data, response["ETag"]
+
+    def read_object(self, thread_id: str) -> tuple[bytes, str] | None:
+        return self._get(self.key(thread_id), thread_id, "read")
+
+    def get_part(self, thread_id: str, name: str) -> bytes | None:
+        found = self._get(self._part_key(thread_id, name), thread_id, f"read of part {name}")
+        return None if found is None else found[0]
+
+    def _part_key(self, thread_id: str, name: str) -> str:
+        return parts_prefix(self.prefix, thread_id) + name
+
+    def put_part(self, thread_id: str, name: str, data: bytes) -> None:
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self._part_key(thread_id, name),
+                Body=data,
+                ContentType="application/gzip",
+                IfNoneMatch="*",
+                **self.sse,  # type: ignore[arg-type]
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise _s3_error(exc, f"write of part {name}", thread_id) from exc
+
+    def delete_parts(self, thread_id: str, names: Iterable[str]) -> None:
+        keys: list[ObjectIdentifierTypeDef] = [
+            {"Key": self._part_key(thread_id, name)} for name in names
+        ]
+        for first in range(0, len(keys), 1000):  # DeleteObjects takes 1,000 keys
+            try:
+                self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": keys[first : first + 1000]}
+                )
+            except (ClientError, BotoCoreError) as exc:
+                raise _s3_error(exc, "delete of parts", thread_id) from exc
+
+    def list_parts(self, thread_id: str) -> list[PartObject]:
+        prefix = parts_prefix(self.prefix, thread_id)
+        found: list[PartObject] = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            ):
+                for item in page.get("Contents", []):
+                    modified = item["LastModified"].astimezone(UTC)
+                    found.append(
+                        PartObject(item["Key"][len(prefix) :], int(item["Size"]), modified)
+                    )
+        except (ClientError, BotoCoreError) as exc:
+            raise _s3_error(exc, "listing of parts", thread_id) from exc
+        return found
 
     def head(self, thread_id: str) -> str | None:
         try:
@@ -225,12 +338,10 @@ class S3ColdStore:
         return response["ETag"]
 
     def write(self, thread_id: str, snapshot: Snapshot, if_match: str | None) -> str:
-        return self.write_bytes(
-            thread_id, encode_snapshot(snapshot, self.compression, self.compression_level), if_match
-        )
+        return write_archive(self, thread_id, snapshot, if_match)
 
     def write_bytes(self, thread_id: str, data: bytes, if_match: str | None) -> str:
-        """Store already encoded snapshot bytes with the same CAS contract as ``write``."""
+        """Store encoded archive bytes with the same CAS contract as ``write``."""
         condition = {"IfNoneMatch": "*"} if if_match is None else {"IfMatch": if_match}
         conditional = if_match is not None  # only If-Match can 404 on a missing key
         try:
@@ -251,6 +362,7 @@ class S3ColdStore:
             self.client.delete_object(Bucket=self.bucket, Key=self.key(thread_id))
         except (ClientError, BotoCoreError) as exc:
             raise _s3_error(exc, "delete", thread_id) from exc
+        self.delete_parts(thread_id, [p.name for p in self.list_parts(thread_id)])
 
     def list(self, prefix: str = "", *, page_size: int = 1000) -> Iterator[ColdObject]:
         """``ColdStore.list`` over ``ListObjectsV2`` pages (``page_size`` keys each)."""
@@ -329,23 +441,61 @@ class FileColdStore:
             os.close(lock)  # closing the descriptor releases the flock
 
     def read(self, thread_id: str) -> tuple[Snapshot, str] | None:
+        return read_archive(self, thread_id, max_bytes=self.max_snapshot_bytes)
+
+    def read_object(self, thread_id: str) -> tuple[bytes, str] | None:
         data = self._read_bytes(self.path(thread_id))
-        if data is None:
-            return None
-        snapshot = decode_snapshot(data, thread_id, max_bytes=self.max_snapshot_bytes)
-        return snapshot, self._etag(data)
+        return None if data is None else (data, self._etag(data))
+
+    def _parts_dir(self, thread_id: str) -> Path:
+        return self.root / parts_prefix(self.prefix, thread_id)
+
+    def get_part(self, thread_id: str, name: str) -> bytes | None:
+        return self._read_bytes(self._parts_dir(thread_id) / name)
+
+    def put_part(self, thread_id: str, name: str, data: bytes) -> None:
+        directory = self._parts_dir(thread_id)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ColdStoreUnavailable(f"cannot create {directory}: {exc}") from exc
+        self._replace(directory / name, data, create_only=True)
+
+    def delete_parts(self, thread_id: str, names: Iterable[str]) -> None:
+        directory = self._parts_dir(thread_id)
+        try:
+            for name in names:
+                (directory / name).unlink(missing_ok=True)
+        except OSError as exc:
+            raise ColdStoreUnavailable(f"cannot delete parts in {directory}: {exc}") from exc
+
+    def list_parts(self, thread_id: str) -> list[PartObject]:
+        directory = self._parts_dir(thread_id)
+        found: list[PartObject] = []
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            return found
+        except OSError as exc:
+            raise ColdStoreUnavailable(f"cannot list {directory}: {exc}") from exc
+        for entry in entries:
+            if entry.name.startswith("."):  # a temporary of a write in progress
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                stat = entry.stat()
+                modified = datetime.fromtimestamp(stat.st_mtime, UTC)
+                found.append(PartObject(entry.name, stat.st_size, modified))
+        return found
 
     def head(self, thread_id: str) -> str | None:
         data = self._read_bytes(self.path(thread_id))
         return None if data is None else self._etag(data)
 
     def write(self, thread_id: str, snapshot: Snapshot, if_match: str | None) -> str:
-        return self.write_bytes(
-            thread_id, encode_snapshot(snapshot, self.compression, self.compression_level), if_match
-        )
+        return write_archive(self, thread_id, snapshot, if_match)
 
     def write_bytes(self, thread_id: str, data: bytes, if_match: str | None) -> str:
-        """Store already encoded snapshot bytes with the same CAS contract as ``write``."""
+        """Store encoded archive bytes with the same CAS contract as ``write``."""
         path = self.path(thread_id)
         with self._locked(path):
             current = self._read_bytes(path)
@@ -355,22 +505,37 @@ class FileColdStore:
                     f"archive of thread {thread_id!r} changed concurrently "
                     f"(expected {if_match or 'none'}, found {current_etag or 'none'})"
                 )
-            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-            try:
-                with open(tmp, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, path)
-                directory = os.open(path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(directory)
-                finally:
-                    os.close(directory)
-            except OSError as exc:
-                tmp.unlink(missing_ok=True)
-                raise ColdStoreUnavailable(f"cannot write {path}: {exc}") from exc
+            self._replace(path, data)
         return self._etag(data)
+
+    @staticmethod
+    def _replace(path: Path, data: bytes, *, create_only: bool = False) -> None:
+        """Write ``data`` to a temporary, fsync it and rename it into place: readers see
+        the old content or the new, never a torn file. ``create_only``: hard-link it
+        into place instead, which fails if ``path`` exists (``ColdStoreConflict``)."""
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if create_only:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise ColdStoreConflict(f"{path} exists already") from None
+                finally:
+                    tmp.unlink(missing_ok=True)
+            else:
+                os.replace(tmp, path)
+            directory = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ColdStoreUnavailable(f"cannot write {path}: {exc}") from exc
 
     def delete(self, thread_id: str) -> None:
         path = self.path(thread_id)
@@ -379,6 +544,9 @@ class FileColdStore:
                 path.unlink(missing_ok=True)
             except OSError as exc:
                 raise ColdStoreUnavailable(f"cannot delete {path}: {exc}") from exc
+            self.delete_parts(thread_id, [p.name for p in self.list_parts(thread_id)])
+            with contextlib.suppress(OSError):
+                self._parts_dir(thread_id).rmdir()
 
     def list(self, prefix: str = "") -> Iterator[ColdObject]:
         """``ColdStore.list`` over the shard directories; size and mtime from ``stat``."""

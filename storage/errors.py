@@ -149,6 +149,20 @@ class HotStoreUnavailable(AgentThreadsError):
     transient = True
 
 
+class ListRewritten(AgentThreadsError):
+    """A flush reading a thread's records in chunks saw the list rewritten (truncate,
+    replace) between chunks; nothing was uploaded. ``Threads.flush`` reads again."""
+
+    transient = True
+
+    def __init__(self, thread_id: str) -> None:
+        super().__init__(thread_id)
+        self.thread_id = thread_id
+
+    def __str__(self) -> str:
+        return f"thread {self.thread_id!r} was rewritten while a flush read it; retry"
+
+
 class HotStoreFull(HotStoreUnavailable):
     """Redis reached ``maxmemory`` under ``noeviction`` and refused a write; nothing
     was written. Transient: an idle flush (``agent-threads flush --all-idle``)

@@ -39,6 +39,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from storage.activity import ActivityIndex
+from storage.archive import Layout
 from storage.errors import (
     HotStoreAccessDenied,
     HotStoreFull,
@@ -47,6 +48,7 @@ from storage.errors import (
     InvalidThreadId,
     LeaseHeld,
     LeaseLost,
+    ListRewritten,
     ThreadExists,
     ThreadNotFound,
     VersionConflict,
@@ -82,6 +84,7 @@ ForkTransform: TypeAlias = Callable[[list[Message]], Iterable[Mapping[str, Any]]
 DEFAULT_TTL_SECONDS = 90 * 24 * 3600
 STAGING_TTL_MS = 10 * 60 * 1000
 """Staging keys of an interrupted large hydrate or fork expire after this long."""
+_READ_ATTEMPTS = 5
 CHUNK_RECORDS = 2000
 """Records written by one script call; a larger restore or cross-slot fork is staged."""
 CHUNK_BYTES = 8 * 1024 * 1024
@@ -107,7 +110,6 @@ _SCRIPT_NAMES = (
     "release_lease",
     "flush_read",
     "flush_commit",
-    "stage",
     "restore",
     "tombstone",
     "get",
@@ -154,6 +156,13 @@ def _pairs(flat: list[Any]) -> dict[str, str]:
     return {_text(k): _text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
 
 
+def _flat(value: Any) -> list[Any]:
+    """An HGETALL reply as a flat list (redis-py turns a pipeline's into a dict)."""
+    if isinstance(value, dict):
+        return [item for pair in value.items() for item in pair]
+    return list(value)
+
+
 def _optional_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
@@ -167,8 +176,7 @@ def _ledger_order(thread_id: str, length: int, flat: list[Any]) -> tuple[list[st
             retired.append(message_id)
         elif int(position) < length:
             ids[int(position)] = message_id
-        else:
-            raise RuntimeError(f"ledger of thread {thread_id!r} points past its list")
+        # else: appended after the read that fixed ``length``
     ordered = [i for i in ids if i is not None]
     if len(ordered) != length:
         raise RuntimeError(f"ledger of thread {thread_id!r} does not cover its list")
@@ -783,19 +791,18 @@ class HotStore:
     def flush_source(
         self, thread_id: str, *, force: bool = False, release_owner: str | None = None
     ) -> FlushSource:
-        """Read everything a snapshot needs in one script; skip the records when
-        the archive already holds this version (unless ``force``). ``release_owner``
-        (the turn this flush ends) is first recorded as a finished turn, so the
-        snapshot carries it."""
+        """Read everything a flush needs but the records in one script (they follow in
+        chunks: ``read_records``); nothing when the archive already holds this version
+        (unless ``force``). ``release_owner`` (the turn this flush ends) is first
+        recorded as a finished turn, so the archive carries it."""
         keys = self.keys(thread_id)
         if release_owner is not None:
             validate_message_id(release_owner, self.limits, what="lease owner")
         args = ["1" if force else "0", release_owner or ""]
         reply = self._checked_any(thread_id, self._call("flush_read", keys.data, args))
         meta = _pairs(reply[1])
-        version = int(meta["version"])
         source = FlushSource(
-            version=version,
+            version=int(meta["version"]),
             epoch=meta.get("epoch", ""),
             cold_version=_optional_int(meta.get("cold_version")),
             cold_etag=meta.get("cold_etag") or None,
@@ -803,27 +810,108 @@ class HotStore:
         )
         if _text(reply[0]) == "unchanged":
             return source
-        records = tuple(r.encode() if isinstance(r, str) else bytes(r) for r in reply[2])
-        ids, retired = _ledger_order(thread_id, len(records), reply[3])
-        snapshot = Snapshot(
+        header = Snapshot(
             thread_id=thread_id,
             namespace=self.namespace,
-            version=version,
+            version=source.version,
             epoch=source.epoch,
             created_ms=int(meta.get("created", 0)),
             updated_ms=int(meta.get("updated", 0)),
             parent=meta.get("parent") or None,
             fork_point=meta.get("fork_point") or None,
             creator=meta.get("creator") or None,
-            state=decode_state(reply[4] or None),
-            ids=tuple(ids),
-            records=records,
-            retired_ids=tuple(retired),
-            finished_turns=tuple(sorted(_text(t) for t in reply[5])),
+            state=decode_state(reply[3] or None),
+            ids=(),
+            records=(),
             head=meta.get("head", ""),
             last_merge=decode_last_merge(meta.get("last_merge")),
         )
-        return replace(source, snapshot=snapshot)
+        turns = _pairs(reply[4])
+        layout = meta.get("cold_parts")
+        return replace(
+            source,
+            snapshot=header,
+            length=int(reply[2]),
+            turns=tuple(sorted((t, int(v)) for t, v in turns.items())),
+            rewrites=meta.get("rewrites", "0"),
+            cold_len=_optional_int(meta.get("cold_len")),
+            layout=Layout.from_json(layout, thread_id) if layout else None,
+        )
+
+    def read_records(
+        self,
+        thread_id: str,
+        source: FlushSource,
+        start: int,
+        *,
+        stop: int | None = None,
+        whole: bool = False,
+    ) -> tuple[list[bytes], list[Any], list[Any]]:
+        """The records ``[start, stop)`` (``stop``: ``source.length``) in chunks of
+        ``CHUNK_RECORDS``, each one pipeline that also checks the list was not rewritten
+        since ``source`` was read (else ``ListRewritten``: read again). ``whole``: also the
+        ledger and every finished turn, read with the first chunk."""
+        keys = self.keys(thread_id)
+        records: list[bytes] = []
+        ledger: list[Any] = []
+        finished: list[Any] = []
+        end = source.length if stop is None else stop
+        first = start
+        while True:
+            last = min(first + CHUNK_RECORDS, end) - 1
+
+            def chunk(first: int = first, last: int = last) -> list[Any]:
+                # Not MULTI (a full Redis refuses EXEC, and an idle flush must free it):
+                # the check comes after the reads, and 'rewrites' only grows, so an
+                # unchanged value means nothing rewrote the list since flush_read.
+                pipe = self.redis.pipeline(transaction=False)
+                if last >= first:
+                    pipe.lrange(keys.msgs, first, last)
+                if whole and first == start:
+                    pipe.hgetall(keys.ids)
+                    pipe.hkeys(keys.turns)
+                pipe.hmget(keys.meta, "epoch", "rewrites")
+                result: list[Any] = pipe.execute()
+                return result
+
+            reply = self._redis_call(chunk, "read_records")
+            epoch, rewrites = (None if v is None else _text(v) for v in reply[-1])
+            if epoch != source.epoch or (rewrites or "0") != source.rewrites:
+                raise ListRewritten(thread_id)
+            if last >= first:
+                records += [r.encode() if isinstance(r, str) else bytes(r) for r in reply[0]]
+            if whole and first == start:
+                ledger, finished = _flat(reply[-3]), list(reply[-2])
+            first = last + 1
+            if first >= end:
+                break
+        if len(records) != end - start:
+            raise ListRewritten(thread_id)
+        return records, ledger, finished
+
+    def snapshot(self, thread_id: str) -> Snapshot:
+        """The whole hot thread as a snapshot (``ThreadNotFound`` if it is not hot)."""
+        for attempt in range(_READ_ATTEMPTS):
+            source = self.flush_source(thread_id, force=True)
+            try:
+                return self.read_snapshot(thread_id, source)
+            except ListRewritten:
+                if attempt == _READ_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def read_snapshot(self, thread_id: str, source: FlushSource) -> Snapshot:
+        """The whole thread as ``source`` saw it (records, ledger, finished turns)."""
+        assert source.snapshot is not None
+        records, ledger, finished = self.read_records(thread_id, source, 0, whole=True)
+        ids, retired = _ledger_order(thread_id, len(records), ledger)
+        return replace(
+            source.snapshot,
+            ids=tuple(ids),
+            records=tuple(records),
+            retired_ids=tuple(retired),
+            finished_turns=tuple(sorted(_text(t) for t in finished)),
+        )
 
     def commit_flush(
         self,
@@ -834,9 +922,13 @@ class HotStore:
         epoch: str,
         evict: bool,
         release_owner: str | None = None,
+        layout: Layout | None = None,
+        rewrites: str = "",
     ) -> FlushCommit:
         """Record an uploaded archive; release ``release_owner``'s lease; evict only if
-        the version is still ``version``, the epoch unchanged and no lease is held."""
+        the version is still ``version``, the epoch unchanged and no lease is held.
+        ``layout`` (the archive's parts) is recorded with it, and its record count as
+        already archived if the list saw no rewrite since ``rewrites`` was read."""
         keys = self.keys(thread_id)
         args = [
             version,
@@ -846,6 +938,10 @@ class HotStore:
             release_owner or "",
             self._marker_ttl_ms,
             self._ttl_ms,
+            "" if layout is None else layout.count,
+            "" if layout is None else layout.to_json(),
+            "" if layout is None else layout.base.version,
+            rewrites,
         ]
         reply = self._call("flush_commit", keys.data, args)
         outcome = _text(reply[0])
@@ -901,6 +997,8 @@ class HotStore:
             "" if rebase is None else rebase[0],
             "" if rebase is None else rebase[1],
             merge,
+            "" if snapshot.layout is None else snapshot.layout.to_json(),
+            "" if snapshot.layout is None else snapshot.layout.base.version,
             len(snapshot.finished_turns),
             *snapshot.finished_turns,
         ]
@@ -925,14 +1023,27 @@ class HotStore:
         spans: list[tuple[int, int]],
     ) -> bool:
         """Write ``records`` and their ledger into ``staging`` (keys of ``keys``'s
-        slot), one stage script per span; False if a chunk went missing."""
-        for first, end in spans:
-            args = [STAGING_TTL_MS, first, end - first, *ids[first:end], *records[first:end]]
-            if first == 0:
-                args += retired
-            if self._call("stage", keys.data + staging, args) < 0:
-                return False
-        return True
+        slot, fresh and read by nobody until a script swaps them in) in one pipeline
+        of plain commands: no script copies the records through Lua. False
+        if the staging list does not end up holding every record (it expired)."""
+        s_msgs, s_ids = staging
+
+        def stage() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            for first, end in spans:  # one round trip, commands of bounded size
+                pipe.rpush(s_msgs, *records[first:end])
+            for first, end in spans:
+                ledger = dict(zip(ids[first:end], range(first, end), strict=True))
+                pipe.hset(s_ids, mapping=ledger)  # type: ignore[arg-type]
+            if retired:
+                pipe.hset(s_ids, mapping=dict.fromkeys(retired, -1))
+            pipe.pexpire(s_msgs, STAGING_TTL_MS)
+            pipe.pexpire(s_ids, STAGING_TTL_MS)
+            result: list[Any] = pipe.execute()
+            return result
+
+        lengths = self._redis_call(stage, "stage")[: len(spans)]
+        return bool(lengths) and int(lengths[-1]) == len(records)
 
     def _discard(self, staging: list[str]) -> None:
         """Delete staging keys; a no-op after a successful swap. Failing to reach

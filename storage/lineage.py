@@ -55,4 +55,5 @@ def merge(archive: Snapshot, hot: Snapshot, *, now_ms: int) -> Snapshot:
         finished_turns=tuple(sorted(set(archive.finished_turns) | set(hot.finished_turns))),
         head=f"{version}.merge.{uuid.uuid4().hex}",
         last_merge=record,
+        layout=None,  # not archived yet
     )

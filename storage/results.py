@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from storage.archive import Layout
 from storage.snapshot import Snapshot
 
 
@@ -101,7 +102,17 @@ class FlushSource:
     cold_version: int | None
     cold_etag: str | None
     snapshot: Snapshot | None
-    """None when the archive already holds this version (nothing to upload)."""
+    """The metadata and state, without records (``HotStore.read_records`` reads them);
+    None when the archive already holds this version (nothing to upload)."""
+    length: int = 0
+    turns: tuple[tuple[str, int], ...] = ()
+    """Finished turns recorded after the archive's base, with the version of each."""
+    rewrites: str = "0"
+    """Meta 'rewrites' at the read: changes whenever the list changes other than at its end."""
+    cold_len: int | None = None
+    """How many leading records the archive already holds (None: unknown, write a base)."""
+    layout: Layout | None = None
+    """The parts of the archive ``cold_etag`` names (None: schema 1 or none)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,12 +22,18 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
 
 from storage.errors import AgentThreadsError, SnapshotCorrupt
 from storage.keys import validate_message_id, validate_thread_id
 from storage.records import Message, decode_records, encode_state
+
+if TYPE_CHECKING:
+    from storage.archive import Layout
 
 FORMAT = "agent-threads/snapshot"
 SCHEMA = 1
@@ -67,6 +73,9 @@ class Snapshot:
     ("" in archives written before lineage heads)."""
     last_merge: dict[str, Any] | None = None
     """The last merge of a diverged hot copy with its archive (``storage.lineage``)."""
+    layout: Layout | None = field(default=None, compare=False)
+    """Where a schema-2 archive keeps these records (``storage.archive``); None for a
+    schema-1 archive and for a snapshot read from the hot tier."""
 
     def messages(self) -> list[Message]:
         return decode_records(self.records)
@@ -92,7 +101,7 @@ def _loads(data: bytes, failure: str) -> Any:
         raise SnapshotCorrupt(f"{failure} ({type(exc).__name__})") from exc
 
 
-def _record_prefix(message_id: str) -> bytes:
+def record_prefix(message_id: str) -> bytes:
     if '"' in message_id or "\\" in message_id:  # needs JSON escaping
         return b'{"id":' + json.dumps(message_id, ensure_ascii=False).encode() + b',"body":'
     return b'{"id":"' + message_id.encode() + b'","body":'
@@ -156,7 +165,7 @@ def _zstd() -> Any:
     return zstandard
 
 
-def _decompress(data: bytes, max_bytes: int) -> bytes:
+def decompress(data: bytes, max_bytes: int) -> bytes:
     try:
         if data[:2] == GZIP_MAGIC:
             unpacker = zlib.decompressobj(31)
@@ -185,6 +194,55 @@ def _decompress(data: bytes, max_bytes: int) -> bytes:
     raise SnapshotCorrupt("snapshot is neither gzip nor zstd compressed")
 
 
+class _Record(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    body: msgspec.Raw
+
+
+_RECORDS = msgspec.json.Decoder(list[_Record])
+
+
+def _first_bad(records: Sequence[bytes]) -> int:
+    """The position of the first record that is not a ``{"id","body"}`` object."""
+    one = msgspec.json.Decoder(_Record)
+    for position, record in enumerate(records):
+        try:
+            one.decode(record)
+            record.decode("utf-8")
+        except (UnicodeDecodeError, msgspec.DecodeError, RecursionError):
+            return position
+    return 0
+
+
+def check_records(
+    payload: bytes, records: Sequence[bytes], thread_id: str, names: Sequence[str] = ()
+) -> list[str]:
+    """The ids of ``records`` (lines of ``payload``), each of which must be exactly
+    ``{"id":<id>,"body":<JSON>}`` in canonical framing, with valid JSON and UTF-8;
+    ``SnapshotCorrupt`` otherwise. One msgspec pass validates every body without
+    building it (a hydrate's largest cost with ``json.loads``: 4 ms instead of 22 ms
+    for 10,000 records of 600 bytes)."""
+    joined = b"[" + b",".join(records) + b"]"
+    try:
+        payload.decode("utf-8")  # msgspec skips over a Raw body without decoding it
+        parsed = _RECORDS.decode(joined)
+    except (UnicodeDecodeError, msgspec.DecodeError, RecursionError) as exc:
+        bad = _first_bad(records)
+        name = repr(names[bad]) if bad < len(names) else f"#{bad}"
+        raise SnapshotCorrupt(f"record {name} of {thread_id!r} is malformed: {exc}") from exc
+    if len(parsed) != len(records):  # a line holding two values separated by a comma
+        raise SnapshotCorrupt(f"records of {thread_id!r} are malformed")
+    if msgspec.json.encode(parsed) == joined:  # all canonical: the common case, in C
+        return [value.id for value in parsed]
+    for position, (record, value) in enumerate(zip(records, parsed, strict=True)):
+        prefix = record_prefix(value.id)
+        inner = record[len(prefix) : -1].strip(b" \t\r")  # JSON whitespace around the body
+        if not (record.startswith(prefix) and record.endswith(b"}") and inner == bytes(value.body)):
+            name = names[position] if position < len(names) else value.id
+            raise SnapshotCorrupt(f"record {name!r} of {thread_id!r} is malformed")
+    return [value.id for value in parsed]
+
+
 def _field(header: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
     value = header.get(name)
     if not isinstance(value, kind) or isinstance(value, bool):
@@ -196,7 +254,7 @@ def decode_snapshot(
     data: bytes, thread_id: str, *, max_bytes: int = DEFAULT_MAX_SNAPSHOT_BYTES
 ) -> Snapshot:
     """Validate and decode; ``SnapshotCorrupt`` unless it is a sound snapshot of ``thread_id``."""
-    raw = _decompress(data, max_bytes)
+    raw = decompress(data, max_bytes)
     header_line, _, payload = raw.partition(b"\n")
     header = _loads(header_line, "snapshot header is not JSON")
     if not isinstance(header, dict) or header.get("format") != FORMAT:
@@ -235,25 +293,10 @@ def decode_snapshot(
     if len(ids) != count or len(set(ids)) != count or set(ids) & set(retired):
         raise SnapshotCorrupt(f"snapshot ledger of {thread_id!r} is inconsistent")
     records = tuple(lines[1:])
-    # Every record must be exactly {"id": <its id>, "body": <JSON>} in canonical
-    # framing; one C-level parse of all records checks the bodies.
-    try:
-        parsed = json.loads(b"[" + b",".join(records) + b"]")
-    except (ValueError, RecursionError):
-        parsed = [
-            _loads(r, f"snapshot record {i!r} of {thread_id!r} is malformed")
-            for i, r in zip(ids, records, strict=True)
-        ]
-    if len(parsed) != count:  # a line holding two values separated by a comma
-        raise SnapshotCorrupt(f"snapshot records of {thread_id!r} are malformed")
-    for message_id, record, value in zip(ids, records, parsed, strict=True):
-        if not (
-            record.startswith(_record_prefix(message_id))
-            and isinstance(value, dict)
-            and value.keys() == {"id", "body"}
-            and value["id"] == message_id
-        ):
-            raise SnapshotCorrupt(f"snapshot record {message_id!r} of {thread_id!r} is malformed")
+    found = check_records(payload, records, thread_id, ids)
+    for expected, actual in zip(ids, found, strict=True):
+        if expected != actual:
+            raise SnapshotCorrupt(f"snapshot record {expected!r} of {thread_id!r} is malformed")
     try:
         validate_thread_id(thread_id)
         parent, fork_point, creator = (header.get(k) for k in ("parent", "fork_point", "creator"))

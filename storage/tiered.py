@@ -30,14 +30,23 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
+from storage.archive import (
+    GC_DELAY_MS,
+    Layout,
+    decode_object,
+    plan,
+    write_base,
+    write_segment,
+)
 from storage.cold import ColdStore
 from storage.errors import (
     AgentThreadsError,
     ColdStoreConflict,
     ColdStoreUnavailable,
+    ListRewritten,
     SnapshotCorrupt,
     ThreadExists,
     ThreadNotFound,
@@ -48,6 +57,7 @@ from storage.records import Message
 from storage.results import (
     AppendResult,
     FlushResult,
+    FlushSource,
     ForkResult,
     HydrateResult,
     IdleFlushReport,
@@ -55,7 +65,7 @@ from storage.results import (
     TruncateResult,
     WriteResult,
 )
-from storage.snapshot import Snapshot, encode_snapshot
+from storage.snapshot import Snapshot
 from storage.turns import TurnStore
 
 T = TypeVar("T")
@@ -63,6 +73,7 @@ OpenMode = Literal["new", "continue", "fork"]
 
 _CAS_ATTEMPTS = 8
 _HYDRATE_ATTEMPTS = 5
+_READ_ATTEMPTS = 5
 _TIER_ATTEMPTS = 20
 WRITE_PIN_MS = 1000
 """Default ``write_pin_ms``: a thread hydrated in order to read or write it is not
@@ -87,6 +98,10 @@ class Upload:
     merged: Snapshot | None
     gone: bool = False
     """The thread was deleted while it was being flushed: nothing was uploaded."""
+    layout: Layout | None = None
+    """The parts of the archive ``etag`` names (None: schema 1)."""
+    collect: tuple[str, ...] = ()
+    """Parts to delete once the flush is recorded (their safety delay is over)."""
 
 
 class Threads:
@@ -99,6 +114,7 @@ class Threads:
         *,
         restore_chunk: int = 2000,
         write_pin_ms: int = WRITE_PIN_MS,
+        part_gc_delay_seconds: float = GC_DELAY_MS / 1000,
     ) -> None:
         cold_namespace = getattr(cold, "namespace", None)
         if cold_namespace is not None and cold_namespace != hot.namespace:
@@ -112,6 +128,9 @@ class Threads:
         self.cold = cold
         self.restore_chunk = restore_chunk
         self.write_pin_ms = write_pin_ms
+        self.part_gc_delay_ms = int(part_gc_delay_seconds * 1000)
+        """How long an archive part no manifest references any more is kept (a hydrate
+        that read the previous manifest may still fetch it)."""
         self.turns = TurnStore(hot)
         """The turn records (``storage/turns.py``), in the hot tier beside each thread."""
 
@@ -161,6 +180,14 @@ class Threads:
         ``release_owner`` releases that owner's lease in the same step as the
         eviction check (the end of an agent turn).
         """
+        for _ in range(_READ_ATTEMPTS - 1):
+            try:
+                return self._flush(thread_id, evict, release_owner)
+            except ListRewritten:
+                continue  # a truncate or replace landed between two chunks: read again
+        return self._flush(thread_id, evict, release_owner)
+
+    def _flush(self, thread_id: str, evict: bool, release_owner: str | None) -> FlushResult:
         try:
             source = self.hot.flush_source(thread_id, release_owner=release_owner)
         except ThreadNotFound:
@@ -168,15 +195,20 @@ class Threads:
             return FlushResult("absent") if etag is None else FlushResult("unchanged", etag=etag)
         if source.snapshot is None:  # the archive already holds this version
             assert source.cold_etag is not None
-            etag, archived, size, status = source.cold_etag, source.version, 0, "unchanged"
+            upload = Upload(source.cold_etag, source.version, 0, None)
+            status = "unchanged"
         else:
-            upload = self._upload(source.snapshot, source.cold_etag)
+            found = self._append_segment(source)
+            if found is None:
+                snapshot = self.hot.read_snapshot(thread_id, source)
+                found = self._upload(snapshot, source.cold_etag, source.layout)
+            upload = found
             if upload.gone:
                 return FlushResult("absent")
             if upload.merged is not None:
                 return self._rebase(source.snapshot, upload, evict, release_owner)
-            etag, archived, size = upload.etag, upload.version, upload.size
-            status = "archived" if size else "unchanged"
+            status = "archived" if upload.size else "unchanged"
+        etag, archived, size = upload.etag, upload.version, upload.size
         commit = self.hot.commit_flush(
             thread_id,
             version=archived,
@@ -184,15 +216,93 @@ class Threads:
             epoch=source.epoch,
             evict=evict,
             release_owner=release_owner,
+            layout=upload.layout,
+            rewrites=source.rewrites,
         )
         if commit.outcome == "gone" and size and self.cold.head(thread_id) == etag:
             # The thread was deleted (or re-created) while we uploaded: do not let
             # our upload resurrect it.
             self.cold.delete(thread_id)
             return FlushResult("absent")
+        self._collect(thread_id, upload.collect)
         if commit.outcome == "evicted":
             self.hot.forget_activity(thread_id)
         return FlushResult(status, archived, etag, commit.outcome == "evicted", size)
+
+    def _append_segment(self, source: FlushSource) -> Upload | None:
+        """Archive only what was appended since the archive ``source`` knows: one
+        segment and a manifest (``storage.archive.plan``). None when that cannot be
+        done (no schema-2 archive, a rewrite since, a new base is due, or the manifest
+        changed under us: the whole-snapshot path then sorts it out)."""
+        layout, archived, etag = source.layout, source.cold_len, source.cold_etag
+        header = source.snapshot
+        if layout is None or archived is None or etag is None or header is None:
+            return None
+        if archived > source.length or layout.count != archived:
+            return None
+        thread_id = header.thread_id
+        new, _, _ = self.hot.read_records(thread_id, source, archived)
+        step = plan(layout, archived, source.length, sum(len(r) + 1 for r in new))
+        if step.base:
+            return None
+        if step.start < archived:  # the new segment absorbs the last ones
+            older, _, _ = self.hot.read_records(thread_id, source, step.start, stop=archived)
+            new = older + new
+        since = layout.parts[step.keep].version
+        turns = [t for t, version in source.turns if version > since]
+        try:
+            written = write_segment(
+                self.cold,
+                header,
+                new,
+                turns,
+                step,
+                layout,
+                etag,
+                now_ms=_now_ms(),
+                gc_delay_ms=self.part_gc_delay_ms,
+            )
+        except ColdStoreConflict:
+            return None
+        return Upload(
+            written.etag,
+            source.version,
+            written.size,
+            None,
+            layout=written.layout,
+            collect=written.collect,
+        )
+
+    def _collect(self, thread_id: str, names: tuple[str, ...]) -> None:
+        """Delete parts whose safety delay is over. A failure leaves them for
+        ``collect_parts`` (nothing references them)."""
+        if names:
+            with contextlib.suppress(AgentThreadsError):
+                self.cold.delete_parts(thread_id, names)
+
+    def collect_parts(self, thread_id: str, *, older_than_seconds: float | None = None) -> int:
+        """Delete the thread's parts that its archive no longer references (a crash
+        between an upload and its manifest, a failed deletion) and that are older than
+        ``older_than_seconds`` (default ``part_gc_delay_seconds``, so a flush that is
+        about to reference its new part, or a hydrate still reading an old manifest's,
+        keeps it). Returns how many were deleted."""
+        delay = self.part_gc_delay_ms / 1000 if older_than_seconds is None else older_than_seconds
+        cutoff = time.time() - delay
+        found = self.cold.read_object(thread_id)
+        referenced: set[str] = set()
+        if found is not None:
+            decoded = decode_object(found[0], thread_id)
+            if decoded.layout is not None:
+                referenced = {p.name for p in decoded.layout.parts}
+                referenced |= {g.name for g in decoded.layout.garbage if g.since_ms > cutoff * 1000}
+        orphans = [
+            p.name
+            for p in self.cold.list_parts(thread_id)
+            if p.name not in referenced and p.last_modified.timestamp() < cutoff
+        ]
+        if orphans:
+            self.cold.delete_parts(thread_id, orphans)
+        return len(orphans)
 
     def flush_idle(
         self,
@@ -282,6 +392,9 @@ class Threads:
             self.hot.activity.push_back([thread_id], now - idle_ms + backoff_ms)
             raise
         if result.evicted:  # flush already dropped its index entry
+            # an idle thread's archive is at rest: sweep parts a crash left unreferenced
+            with contextlib.suppress(AgentThreadsError):
+                self.collect_parts(thread_id)
             return "evicted"
         if result.status in ("absent", "unchanged") and not result.version:  # gone already
             self.hot.forget_activity(thread_id)
@@ -289,9 +402,9 @@ class Threads:
         self.hot.mark_active(thread_id)
         return "kept"
 
-    def _upload(self, snapshot: Snapshot, if_match: str | None) -> Upload:
+    def _upload(self, snapshot: Snapshot, if_match: str | None, previous: Layout | None) -> Upload:
         """CAS-upload ``snapshot`` (read from the hot copy, which knew the archive
-        ``if_match``).
+        ``if_match``, laid out as ``previous``) as a new base.
 
         On a lost CAS the archive is read back. If the hot copy's own history made it
         (``HotStore.descends``: a concurrent or newer flush of this copy), an archive
@@ -301,22 +414,31 @@ class Threads:
         its etag instead, and returned as ``Upload.merged``.
         """
         hot_copy, merged = snapshot, None
-        encoded: tuple[Snapshot, bytes] | None = None
         for _ in range(_CAS_ATTEMPTS):
-            if encoded is None or encoded[0] is not snapshot:  # once per snapshot
-                level = self.cold.compression_level
-                encoded = snapshot, encode_snapshot(snapshot, self.cold.compression, level)
-            data = encoded[1]
             try:
-                etag = self.cold.write_bytes(snapshot.thread_id, data, if_match)
-                return Upload(etag, snapshot.version, len(data), merged)
+                written = write_base(
+                    self.cold,
+                    snapshot,
+                    if_match,
+                    previous,
+                    now_ms=_now_ms(),
+                    gc_delay_ms=self.part_gc_delay_ms,
+                )
+                return Upload(
+                    written.etag,
+                    snapshot.version,
+                    written.size,
+                    merged,
+                    layout=written.layout,
+                    collect=written.collect,
+                )
             except ColdStoreConflict:
                 current = self.cold.read(snapshot.thread_id)
             if current is None:
                 if not self.hot.exists(snapshot.thread_id):
                     # the archive it lost to is gone, and so is the hot copy: deleted
                     return Upload("", snapshot.version, 0, None, gone=True)
-                if_match = None
+                if_match, previous = None, None
                 continue
             archived, etag = current
             if archived.epoch != hot_copy.epoch:
@@ -328,10 +450,10 @@ class Threads:
                 )
             if self.hot.descends(snapshot.thread_id, archived.version, archived.head, etag):
                 if archived.version >= snapshot.version:
-                    return Upload(etag, archived.version, 0, None)
+                    return Upload(etag, archived.version, 0, None, layout=archived.layout)
             else:
                 snapshot = merged = merge(archived, hot_copy, now_ms=int(time.time() * 1000))
-            if_match = etag
+            if_match, previous = etag, archived.layout
         raise ColdStoreUnavailable(
             f"flush of thread {snapshot.thread_id!r} lost {_CAS_ATTEMPTS} compare-and-swap "
             "rounds in a row; retry later"
@@ -348,7 +470,7 @@ class Threads:
         assert merged is not None
         thread_id = hot_copy.thread_id
         outcome = self.hot.restore(
-            merged,
+            replace(merged, layout=upload.layout),
             upload.etag,
             chunk_size=self.restore_chunk,
             rebase=(hot_copy.version, hot_copy.head),

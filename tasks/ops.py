@@ -244,13 +244,12 @@ def view_thread(store: Threads, thread_id: str) -> ThreadView:
     store.hot.keys(thread_id)  # validate before any I/O
     turns = store.turns.list(thread_id)
     try:
-        source = store.hot.flush_source(thread_id, force=True)
+        snapshot = store.hot.snapshot(thread_id)
         info = store.hot.info(thread_id)
     except ThreadNotFound:
         pass  # cold, absent, or evicted just now
     else:
-        assert source.snapshot is not None  # force=True always reads the records
-        return ThreadView("hot", source.snapshot, info, info.cold_etag, info.cold_version, turns)
+        return ThreadView("hot", snapshot, info, info.cold_etag, info.cold_version, turns)
     found = store.cold.read(thread_id)
     if found is None:
         raise ThreadNotFound(thread_id, "it exists in no tier (neither hot nor archived)")

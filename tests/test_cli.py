@@ -101,7 +101,7 @@ def tiers(request: pytest.FixtureRequest) -> Tiers:
 
 def exact(store: Threads, thread_id: str) -> Snapshot:
     """Everything a hot thread holds, read in one script."""
-    snapshot = store.hot.flush_source(thread_id, force=True).snapshot
+    snapshot = store.hot.snapshot(thread_id)
     assert snapshot is not None
     return snapshot
 

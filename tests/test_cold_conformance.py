@@ -9,6 +9,7 @@ key layout, and typed transient/permanent errors.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
@@ -25,6 +26,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from storage.archive import plan, write_segment
 from storage.cold import ColdStore, FileColdStore, S3ColdStore
 from storage.embedded import free_port
 from storage.errors import (
@@ -313,7 +315,8 @@ def test_object_key_is_prefix_shard_and_thread_id(any_cold: ColdStore) -> None:
     any_cold.write(TID, snapshot(), None)
 
     key = expected_key(TID)
-    assert stored_keys(any_cold) == [key]
+    [base] = any_cold.list_parts(TID)
+    assert stored_keys(any_cold) == [key, key.removesuffix(".json.gz") + ".parts/" + base.name]
     shard = key.split("/")[1]
     assert len(shard) == 2
     assert all(c in "0123456789abcdef" for c in shard)
@@ -333,7 +336,10 @@ def test_two_threads_do_not_interfere(any_cold: ColdStore) -> None:
     assert replaced != theirs
     assert any_cold.read(TID) is None
     assert any_cold.read(OTHER_TID) == (snapshot(OTHER_TID, version=5), theirs)
-    assert stored_keys(any_cold) == [expected_key(OTHER_TID)]
+    left = stored_keys(any_cold)
+    other = expected_key(OTHER_TID)
+    assert left[0] == other
+    assert all(k.startswith(other.removesuffix(".json.gz") + ".parts/") for k in left[1:])
 
 
 # --- corruption -----------------------------------------------------------------
@@ -444,7 +450,12 @@ def test_a_zstd_store_round_trips_and_either_compression_reads_both(
     with pytest.raises(ColdStoreConflict):
         zstd.write(TID, snapshot(version=3), etag)
     assert any_cold.read(TID) == (snapshot(version=2), replaced)
-    assert raw_object(any_cold, TID).startswith(ZSTD_MAGIC)
+    found = any_cold.read(TID)
+    assert found is not None
+    assert found[0].layout is not None
+    base = any_cold.get_part(TID, found[0].layout.base.name)
+    assert base is not None
+    assert base.startswith(ZSTD_MAGIC)
 
 
 KMS_KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/0a1b2c3d-agent-threads-test"
@@ -608,3 +619,85 @@ def test_a_listing_of_a_missing_bucket_is_a_permanent_error(any_s3_cold: S3ColdS
 
     assert raised.value.transient is False
     assert missing.bucket in str(raised.value)
+
+
+# --- parts (schema 2) ---------------------------------------------------------------
+
+PART = "seg-2-00112233445566aa.gz"
+
+
+def test_a_part_round_trips_and_is_create_only(any_cold: ColdStore) -> None:
+    assert any_cold.get_part(TID, PART) is None
+    any_cold.put_part(TID, PART, b"first")
+
+    with pytest.raises(ColdStoreConflict):
+        any_cold.put_part(TID, PART, b"second")
+
+    assert any_cold.get_part(TID, PART) == b"first"
+    [listed] = any_cold.list_parts(TID)
+    assert (listed.name, listed.size) == (PART, 5)
+    assert listed.last_modified.tzinfo is not None
+
+
+def test_parts_are_per_thread_and_never_listed_as_archives(any_cold: ColdStore) -> None:
+    any_cold.write(TID, snapshot(), None)
+    any_cold.put_part(OTHER_TID, PART, b"theirs")
+
+    assert [o.thread_id for o in any_cold.list()] == [TID]
+    assert any_cold.get_part(TID, PART) is None
+    assert [p.name for p in any_cold.list_parts(OTHER_TID)] == [PART]
+
+
+def test_delete_parts_is_idempotent_and_leaves_other_parts(any_cold: ColdStore) -> None:
+    other = "seg-3-00112233445566bb.gz"
+    any_cold.put_part(TID, PART, b"a")
+    any_cold.put_part(TID, other, b"b")
+
+    any_cold.delete_parts(TID, [PART, "seg-9-00112233445566cc.gz"])
+    any_cold.delete_parts(TID, [PART])
+
+    assert [p.name for p in any_cold.list_parts(TID)] == [other]
+
+
+def test_an_archive_whose_part_is_missing_is_corrupt(any_cold: ColdStore) -> None:
+    any_cold.write(TID, snapshot(), None)
+    [base] = any_cold.list_parts(TID)
+    any_cold.delete_parts(TID, [base.name])
+
+    with pytest.raises(SnapshotCorrupt, match="does not exist"):
+        any_cold.read(TID)
+
+
+def test_a_part_that_differs_from_its_manifest_is_corrupt(any_cold: ColdStore) -> None:
+    any_cold.write(TID, snapshot(), None)
+    [base] = any_cold.list_parts(TID)
+    data = any_cold.get_part(TID, base.name)
+    assert data is not None
+    any_cold.delete_parts(TID, [base.name])
+    any_cold.put_part(TID, base.name, _flip_last_record_byte(data))
+
+    with pytest.raises(SnapshotCorrupt, match="checksum"):
+        any_cold.read(TID)
+
+
+def test_segments_written_after_a_base_read_back_in_order(any_cold: ColdStore) -> None:
+    first = snapshot(version=1)
+    etag = any_cold.write(TID, first, None)
+    found = any_cold.read(TID)
+    assert found is not None
+    assert found[0].layout is not None
+    later = dataclasses.replace(first, version=2, records=(), ids=())
+    record = b'{"id":"m3","body":"text of m3"}'
+    step = plan(found[0].layout, 2, 3, len(record))
+
+    written = write_segment(
+        any_cold, later, [record], ["turn-1"], step, found[0].layout, etag, now_ms=1
+    )
+
+    again = any_cold.read(TID)
+    assert again is not None
+    assert again[1] == written.etag
+    assert again[0].ids == ("m1", "m2", "m3")
+    assert again[0].records == (*first.records, record)
+    assert again[0].finished_turns == ("turn-1",)
+    assert [p.kind for p in written.layout.parts] == ["base", "segment"]

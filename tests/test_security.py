@@ -201,9 +201,10 @@ def tenant_cold(
 
 
 def stored_object_keys(store: ColdStore) -> list[str]:
+    """The archives' (manifests') keys; their parts sit under ``<key>.parts/`` beside them."""
     if isinstance(store, S3ColdStore):
         listed = store.client.list_objects_v2(Bucket=store.bucket).get("Contents", [])
-        return sorted(item["Key"] for item in listed)
+        return sorted(item["Key"] for item in listed if ".parts/" not in item["Key"])
     assert isinstance(store, FileColdStore)
     return sorted(
         str(p.relative_to(store.root)) for p in store.root.rglob("*.json.gz") if p.is_file()

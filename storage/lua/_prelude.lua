@@ -95,7 +95,7 @@ local function write_records(msgs_key, ids_key, base, n, first)
   chunked('HSET', ids_key, ledger)
 end
 
--- Swap n records staged by stage.lua (and their ledger) in as the thread's list and
+-- Swap n records staged by HotStore._stage (and their ledger) in as the thread's list and
 -- ledger, with no expiry of their own. False, and the staging dropped, if the
 -- staging list does not hold exactly n records (it expired: start over).
 local function swap_staged(s_msgs, s_ids, n)
@@ -112,4 +112,13 @@ local function swap_staged(s_msgs, s_ids, n)
   redis.call('PERSIST', K_MSGS)
   redis.call('PERSIST', K_IDS)
   return true
+end
+
+-- The list changed other than at its end (truncate, replace, a move to the front, a
+-- rebase): the archive's records are no longer a prefix of it, so the next flush
+-- writes a new base (storage/archive.py). 'rewrites' tells a flush that read the list
+-- in chunks, or is about to record what it archived, that it changed meanwhile.
+local function rewritten()
+  redis.call('HDEL', K_META, 'cold_len')
+  redis.call('HINCRBY', K_META, 'rewrites', 1)
 end

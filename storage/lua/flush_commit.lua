@@ -8,7 +8,11 @@
 -- acquire_lease (a redelivered chain step) can then never take the lease again.
 -- ARGV: archived_version, etag, epoch, evict ('1'|'0'), release_owner ('' = none),
 --   marker_ttl_ms (how long the 'archived' marker outlives the eviction), ttl_ms (the
---   store's expiry argument: a kept copy that now equals its archive starts its TTL)
+--   store's expiry argument: a kept copy that now equals its archive starts its TTL),
+--   archived_count ('' = leave the layout fields as they are), layout (JSON of the
+--   archive's parts, storage/archive.py), base_version, rewrites (meta 'rewrites' when
+--   the records were read: the first archived_count records are still the archive's
+--   only if no rewrite happened since; then they become meta 'cold_len').
 -- A concurrent flush of the same incarnation may have evicted the thread while we
 -- uploaded (its upload lost the CAS to ours and adopted our archive): the archive
 -- marker then carries our epoch, and the thread is 'evicted', not 'gone' -- the
@@ -17,6 +21,7 @@
 local archived, etag, epoch = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local evict, release_owner, marker_ttl = ARGV[4], ARGV[5], tonumber(ARGV[6])
 local ttl = tonumber(ARGV[7])
+local count, layout, base_version, rewrites = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 if redis.call('EXISTS', K_META) == 0 then
   if redis.call('HGET', K_ARCHIVED, 'epoch') == epoch then
     return {'evicted', tonumber(redis.call('HGET', K_ARCHIVED, 'version'))}
@@ -41,12 +46,22 @@ if evicting then
   redis.call('DEL', K_META, K_MSGS, K_IDS, K_STATE)
 elseif recorded < archived then
   redis.call('HSET', K_META, 'cold_version', archived, 'cold_etag', etag)
+  if count ~= '' then
+    redis.call('HSET', K_META, 'cold_parts', layout, 'cold_base', base_version)
+    if (redis.call('HGET', K_META, 'rewrites') or '0') == rewrites then
+      redis.call('HSET', K_META, 'cold_len', count)
+    else
+      redis.call('HDEL', K_META, 'cold_len')
+    end
+  end
 end
 if release_owner ~= '' then
   if redis.call('GET', K_LEASE) == release_owner then
     redis.call('DEL', K_LEASE)
   end
-  redis.call('HSET', K_TURNS, release_owner, now_ms())
+  if redis.call('HEXISTS', K_TURNS, release_owner) == 0 then
+    redis.call('HSET', K_TURNS, release_owner, version)
+  end
 end
 if evicting then
   redis.call('HSET', K_ARCHIVED, 'version', archived, 'etag', etag, 'epoch', epoch)

@@ -1,7 +1,7 @@
 -- fork_write: the destination half of a fork across Redis Cluster slots, with
 -- the data fork_read.lua read from the source. Same rules as fork.lua (see
 -- _fork.lua): a repeat of the same fork is a no-op, other content is refused.
--- Small forks come inline; large ones were staged in chunks by stage.lua and
+-- Small forks come inline; large ones were staged in chunks by HotStore._stage and
 -- are swapped in here with RENAME, so no reader sees a half-written fork.
 -- KEYS[1..N_DATA]: destination keys; then staging msgs, staging ids.
 -- ARGV: ttl_ms, source_id, up_to_id ('' = everything), epoch, mode

@@ -24,7 +24,9 @@ if expected ~= '' and tonumber(expected) ~= version then
 end
 if in_place then
   redis.call('LSET', K_MSGS, pos, record)
+  rewritten()
 elseif first then
+  rewritten()
   -- every record before the old position (or all of them, for an insert) moves back one
   local before = pos >= 0 and pos or length
   local ledger, shifted = redis.call('HGETALL', K_IDS), {id, 0}
@@ -45,6 +47,9 @@ elseif first then
   redis.call('LPUSH', K_MSGS, record)
   chunked('HSET', K_IDS, shifted)
 else
+  if redis.call('HEXISTS', K_IDS, id) == 1 then
+    rewritten() -- a retired id comes back: the archive's ledger retired it
+  end
   redis.call('RPUSH', K_MSGS, record)
   redis.call('HSET', K_IDS, id, length)
   length = length + 1

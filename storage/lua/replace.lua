@@ -2,7 +2,7 @@
 -- list stay in the ledger as retired (-1), so a late redelivery of an old
 -- append cannot bring them back. An identical list changes nothing (and is no
 -- conflict: a retried call succeeds). Small lists come inline; large ones were
--- staged in chunks by stage.lua (records and their positions) and are swapped in
+-- staged in chunks by HotStore._stage (records and their positions) and are swapped in
 -- here with RENAME, so no reader ever sees a half-replaced list.
 -- KEYS[1..N_DATA]: thread keys; then staging msgs, staging ids.
 -- ARGV: ttl_ms, expected_version ('' = any), mode ('inline'|'staged'), n_records,
@@ -56,6 +56,7 @@ else
   chunked('HSET', K_IDS, retired)
   write_records(K_MSGS, K_IDS, 4, n, 0)
 end
+rewritten()
 local version = bump()
 touch(ttl)
 return {'ok', 1, n, version}

@@ -13,7 +13,8 @@
 --   created, updated, parent, fork_point, creator, has_state, state,
 --   pin_ms (keep the thread from eviction this long), head (lineage stamp),
 --   expect_version ('' = restore an absent thread), expect_head, last_merge (JSON
---   or ''), n_turns, then n_turns finished turn ids,
+--   or ''), layout (JSON of the archive's parts, '' for a schema-1 archive: the next
+--   flush then writes a base), base_version, n_turns, then n_turns finished turn ids,
 --   then (inline only) n ids, n records, retired ids.
 -- Returns {'restored', n}; {'hot'}; {'stale', archived_version}; {'deleted'};
 --   {'incomplete'}; rebase: {'rebased', n}; {'moved'} (the hot copy changed).
@@ -52,11 +53,11 @@ if mode == 'staged' and redis.call('LLEN', S_MSGS) ~= n then
   return refuse({'incomplete'}) -- checked before anything is replaced
 end
 redis.call('DEL', K_MSGS, K_IDS, K_STATE)
-local pin_ms, n_turns = tonumber(ARGV[14]), tonumber(ARGV[19])
-local base = 19 + n_turns -- ARGV index before the inline records
+local pin_ms, n_turns = tonumber(ARGV[14]), tonumber(ARGV[21])
+local base = 21 + n_turns -- ARGV index before the inline records
 if n_turns > 0 then
   local finished = {}
-  for i = 20, base do
+  for i = 22, base do
     finished[#finished + 1] = ARGV[i]
     finished[#finished + 1] = 0
   end
@@ -75,6 +76,14 @@ redis.call('HSET', K_META, 'version', version, 'epoch', ARGV[5], 'cold_version',
   'fork_point', ARGV[10], 'creator', ARGV[11], 'head', ARGV[15])
 if ARGV[18] ~= '' then
   redis.call('HSET', K_META, 'last_merge', ARGV[18])
+end
+if rebase then
+  rewritten()
+end
+if ARGV[19] ~= '' then
+  redis.call('HSET', K_META, 'cold_parts', ARGV[19], 'cold_base', ARGV[20], 'cold_len', n)
+else
+  redis.call('HDEL', K_META, 'cold_parts', 'cold_base', 'cold_len')
 end
 if rebase then
   touch(ttl)

@@ -31,6 +31,7 @@ else
   redis.call('LTRIM', K_MSGS, 0, pos - 1)
 end
 chunked('HDEL', K_IDS, removed)
+rewritten()
 local version = bump()
 touch(ttl)
 return {'ok', removed, pos, version}
