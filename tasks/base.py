@@ -77,6 +77,9 @@ class ThreadTask(Task[Any, Any]):
     max_retries = int(_POLICY.get("max_retries", 8))
     # expected failures are logged without a traceback
     throws = (AgentThreadsError,)
+    # a turn's opening step stores no result (tasks/turns.py); its failure must still
+    # reach the turn's result, which the caller waits for
+    store_errors_even_if_ignored = True
 
     def retry(
         self,

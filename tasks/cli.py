@@ -52,7 +52,7 @@ from tasks import ops
 from tasks.app import app, build_threads, configure, settings, threads
 from tasks.client import ThreadClient
 from tasks.processes import WorkerProcess
-from tasks.turns import Mode, agent_turn
+from tasks.turns import Evict, Mode, agent_turn
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -232,6 +232,16 @@ def _tier(store: Threads, thread_id: str) -> str:
     if store.hot.exists(thread_id):
         return "hot"
     return "cold" if store.cold.head(thread_id) else "absent"
+
+
+def _tier_after_turn(store: Threads, thread_id: str) -> str:
+    tier = _tier(store, thread_id)
+    if tier != "hot":
+        return tier
+    info = store.hot.info(thread_id)
+    if info.cold_version == info.version:
+        return f"hot, archived (cold v{info.cold_version} = hot v{info.version})"
+    return f"hot, archive behind (cold v{info.cold_version}, hot v{info.version})"
 
 
 def _archive_line(view: ops.ThreadView) -> str:
@@ -915,9 +925,19 @@ def _print_turn(title: str, client: ThreadClient, thread_id: str, turn_id: str) 
     show_default=True,
     help="scripted: offline; anthropic: the real API (needs ANTHROPIC_API_KEY)",
 )
-def demo(thread_id: str, provider: str) -> None:
+@click.option(
+    "--evict",
+    type=click.Choice(["idle", "turn"]),
+    default="idle",
+    show_default=True,
+    help="idle: threads stay hot between turns until the idle flush; turn: evicted "
+    "at the end of every turn",
+)
+def demo(thread_id: str, provider: str, evict: Evict) -> None:
     """Three agent turns (one forked) through a real Celery worker with the offline
-    scripted model (or Claude); each turn hydrates, appends, runs, flushes and evicts."""
+    scripted model (or Claude). Each turn opens the thread (hydrating it if cold),
+    appends, runs and archives it; with --evict idle the threads stay hot until the
+    idle flush at the end evicts them, with --evict turn every turn evicts."""
     if provider == "anthropic" and not os.environ.get("ANTHROPIC_API_KEY"):
         raise click.ClickException("--model anthropic needs ANTHROPIC_API_KEY in the environment")
     with _demo_settings() as settings:
@@ -933,14 +953,14 @@ def demo(thread_id: str, provider: str) -> None:
         try:
             worker.wait_ready(app)
             click.echo(f"started a celery worker (pid {worker.process and worker.process.pid})")
-            _run_demo(store, thread_id, fork_id, provider)
+            _run_demo(store, thread_id, fork_id, provider, evict)
         finally:
             worker.stop()
             click.echo("stopped the celery worker")
             app.close()
 
 
-def _run_demo(store: Threads, thread_id: str, fork_id: str, provider: str) -> None:
+def _run_demo(store: Threads, thread_id: str, fork_id: str, provider: str, evict: Evict) -> None:
     client = ThreadClient(app)
     if provider == "anthropic":
         model_name = os.environ.get("AGENT_THREADS_ANTHROPIC_MODEL", "claude-sonnet-4-5")
@@ -960,9 +980,9 @@ def _run_demo(store: Threads, thread_id: str, fork_id: str, provider: str) -> No
     ]
     for title, tid, messages, mode in turns:
         turn_id = f"{tid}:{title.split()[1]}"
-        client.turn(tid, messages, model, turn_id=turn_id, mode=mode)
+        client.turn(tid, messages, model, turn_id=turn_id, mode=mode, evict=evict)
         _print_turn(title, client, tid, turn_id)
-        click.echo(f"  tier after the turn: {_tier(store, tid)}")
+        click.echo(f"  tier after the turn: {_tier_after_turn(store, tid)}")
     fork_turn = f"{fork_id}:3"
     client.turn(
         fork_id,
@@ -972,8 +992,13 @@ def _run_demo(store: Threads, thread_id: str, fork_id: str, provider: str) -> No
         mode="fork",
         source=thread_id,
         up_to_id=reply_id(f"{thread_id}:1", 1),  # turn 1's answer, after its tool calls
+        evict=evict,
     )
     _print_turn("turn 3 (fork of turn 1)", client, fork_id, fork_turn)
+    click.echo(f"  tier after the turn: {_tier_after_turn(store, fork_id)}")
+    if evict == "idle":  # what the beat's idle flusher does once the threads are idle
+        report = store.flush_idle(0)
+        click.echo(f"\nidle flush: {len(report.evicted)} evicted, {len(report.kept)} kept hot")
     click.echo("")
     for tid in (thread_id, fork_id):
         _render_thread(_console(), ops.view_thread(store, tid), 50)

@@ -39,7 +39,7 @@ from storage.hot import HotStore
 from storage.turns import TurnStatus, TurnStore
 from tasks.app import app as default_app
 from tasks.app import hot_redis_from_settings
-from tasks.turns import Mode, plan_turn, turn_canvas
+from tasks.turns import Evict, Mode, plan_turn, turn_canvas
 
 
 class ThreadClient:
@@ -123,8 +123,12 @@ class ThreadClient:
         source: str | None = None,
         up_to_id: str | None = None,
         state: Mapping[str, Any] | None = None,
+        lease_ttl_ms: int | None = None,
+        evict: Evict = "idle",
     ) -> AsyncResult[Any]:
         """Record and start one agent turn (see ``tasks.turns``); returns at once.
+        ``evict="idle"`` keeps the thread hot after the turn (the idle flusher evicts
+        it later); ``"turn"`` evicts it at the end of the turn.
 
         The returned result is the first run's; the turn record (``turn_status``,
         ``wait_turn``) is the truth, also when the turn was re-woken. Submitting a
@@ -139,11 +143,13 @@ class ThreadClient:
             source=source,
             up_to_id=up_to_id,
             state=state,
+            lease_ttl_ms=lease_ttl_ms,
+            evict=evict,
             app=self.app,
         )
         lease_ms = int(self.app.conf.agent_threads.get("lease_ttl_ms", 20_000))
         self.turns.submit(thread_id, turn_id, steps=spec["steps"], spec=spec, lease_ms=lease_ms)
-        result: AsyncResult[Any] = turn_canvas(spec, 0, self.app).apply_async()
+        result: AsyncResult[Any] = turn_canvas(spec, 0, self.app, recorded=True).apply_async()
         return result
 
     def turn_status(self, thread_id: str, turn_id: str) -> TurnStatus | None:

@@ -12,9 +12,10 @@ agent tasks) runs such a task through ``run_step``:
    Dropping is safe because the turn reconciler re-wakes the step if the live
    execution dies. Another turn holding the thread's lease is a ``LeaseHeld``
    retry.
-2. **heartbeat**: while the step runs, a thread renews the claim and the turn's
-   lease every ``heartbeat_ms``, so a step of any length keeps the thread and a
-   dead worker's turn is released within one lease (``lease_ttl_ms``).
+2. **heartbeat**: while the step runs, the process's heartbeat thread
+   (``Heartbeats``, one for all the steps a worker runs) renews the claim and the
+   turn's lease every ``heartbeat_ms``, so a step of any length keeps the thread
+   and a dead worker's turn is released within one lease (``lease_ttl_ms``).
 3. **report** (``TurnStore.end``): done (the last step ends the turn with its
    result), retry (after the countdown anyone may claim it), or failed (the turn
    fails, after its cleanup step flushed the thread and released the lease). A
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import threading
 import time
@@ -68,37 +70,105 @@ def step_of(request: Any) -> int | str | None:
     return CLEANUP if text == CLEANUP else int(text) if text.isdigit() else None
 
 
+class _Beat:
+    """One running step in the heartbeat schedule."""
+
+    __slots__ = ("due", "every", "run")
+
+    def __init__(self, run: StepRun, every_s: float) -> None:
+        self.run = run
+        self.every = every_s
+        self.due = time.monotonic() + every_s
+
+
+class Heartbeats:
+    """The heartbeats of every step running in this process, renewed by one daemon
+    thread: a step registers and deregisters (a lock and a notify) instead of
+    starting and joining a thread of its own, which cost more than the claim's
+    round trips on a busy worker. Started lazily, and again in a forked child."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._cond = threading.Condition(threading.Lock())
+        self._beats: set[_Beat] = set()
+        self._thread: threading.Thread | None = None
+
+    def add(self, run: StepRun, every_ms: int) -> _Beat:
+        if self._pid != os.getpid():  # a forked child: the parent's thread is not here
+            self._reset()
+        beat = _Beat(run, every_ms / 1000)
+        with self._cond:
+            earliest = min((b.due for b in self._beats), default=float("inf"))
+            self._beats.add(beat)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="agent-threads-heartbeats", daemon=True
+                )
+                self._thread.start()
+            elif beat.due < earliest:  # the loop sleeps until a later beat: wake it
+                self._cond.notify()
+        return beat
+
+    def remove(self, beat: _Beat) -> None:
+        with self._cond:
+            self._beats.discard(beat)  # the loop may be renewing it: harmless, it ended
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [b for b in self._beats if b.due <= now]
+                if not due:
+                    nearest = min((b.due for b in self._beats), default=now + 3600)
+                    self._cond.wait(nearest - now)
+                    continue
+                for beat in due:
+                    beat.due = now + beat.every
+            for beat in due:
+                if beat in self._beats:
+                    self._renew(beat)
+
+    def _renew(self, beat: _Beat) -> None:
+        """Renew the claim and lease of ``beat``'s step; a claim taken over marks the
+        step superseded. A step that ended while its beat was in flight is left alone
+        (its claim is gone because it reported, not because it was taken over)."""
+        run = beat.run
+        try:
+            alive = run.turns.heartbeat(
+                run.thread_id, run.turn_id, token=run.token, lease_ms=run.lease_ms
+            )
+        except Exception as exc:  # a Redis blip: the next beat tries again
+            log.warning("turn %s: heartbeat failed: %s", run.turn_id, exc)
+            return
+        if alive:
+            return
+        with self._cond:
+            running = beat in self._beats
+            self._beats.discard(beat)
+        if running:
+            log.warning(
+                "turn %s step %s: the claim was taken over; this execution stops doing "
+                "side effects",
+                run.turn_id,
+                run.step,
+            )
+            run.superseded.set()
+
+
+HEARTBEATS = Heartbeats()
+
+
 @contextlib.contextmanager
 def heartbeat(run: StepRun, every_ms: int) -> Iterator[None]:
     """Renew ``run``'s claim and lease every ``every_ms`` until the block ends."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(every_ms / 1000):
-            try:
-                alive = run.turns.heartbeat(
-                    run.thread_id, run.turn_id, token=run.token, lease_ms=run.lease_ms
-                )
-            except Exception as exc:  # a Redis blip: the next beat tries again
-                log.warning("turn %s: heartbeat failed: %s", run.turn_id, exc)
-                continue
-            if not alive:
-                log.warning(
-                    "turn %s step %s: the claim was taken over; this execution stops "
-                    "doing side effects",
-                    run.turn_id,
-                    run.step,
-                )
-                run.superseded.set()
-                return
-
-    beater = threading.Thread(target=beat, name=f"heartbeat-{run.turn_id}", daemon=True)
-    beater.start()
+    beat = HEARTBEATS.add(run, every_ms)
     try:
         yield
     finally:
-        stop.set()
-        beater.join(timeout=5)
+        HEARTBEATS.remove(beat)
 
 
 def _error(exc: BaseException) -> dict[str, str]:

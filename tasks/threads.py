@@ -1,7 +1,9 @@
 """The thread tasks (names are public and stable; JSON in, JSON out).
 
-Each task validates, calls ``storage.Threads`` once and returns plain JSON. Every
-task is idempotent, so a redelivery after a worker crash or a retry is harmless.
+Each task validates, calls ``storage.Threads`` once and returns plain JSON; the
+exception is ``threads.open_turn``, the opening step of an agent turn, which runs
+open, acquire_lease and append, each idempotent. Every task is idempotent, so a
+redelivery after a worker crash or a retry is harmless.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from celery import Task, group
 from celery.utils.log import get_task_logger
 
 from storage.records import JSON
+from storage.tiered import OpenMode
 from tasks.app import app, settings
-from tasks.base import ThreadTask, to_json
+from tasks.base import TRANSIENT_ERRORS, ThreadTask, to_json
 from tasks.turns import turn_canvas
 
 log = get_task_logger(__name__)
@@ -124,6 +127,46 @@ def acquire_lease(self: ThreadTask, thread_id: str, owner: str, ttl_ms: int | No
     return {"thread_id": thread_id, **to_json(lease)}
 
 
+# The opening of an agent turn (tasks/turns.py): it waits behind another turn's lease
+# as acquire_lease does.
+@thread_task("threads.open_turn", max_retries=60, retry_backoff_max=20)
+def open_turn(
+    self: ThreadTask,
+    thread_id: str,
+    owner: str,
+    messages: list[dict[str, Any]],
+    mode: OpenMode = "continue",
+    source_id: str | None = None,
+    up_to_id: str | None = None,
+    state: dict[str, Any] | None = None,
+    ttl_ms: int | None = None,
+) -> JSON:
+    """Open the thread for turn ``owner`` (create | hydrate | fork), take the turn's
+    lease and append the turn's new messages. Idempotent under redelivery: the open
+    finds its own thread, the same owner re-acquires its lease, append skips the ids
+    it has; another turn's lease is a ``LeaseHeld`` retry. A permanent failure after
+    the lease releases it (the turn fails without a cleanup step)."""
+    opened = self.threads.open(
+        thread_id, mode, source=source_id, up_to_id=up_to_id, state=state, owner=owner
+    )
+    lease = self.threads.acquire_lease(thread_id, owner, ttl_ms or settings()["lease_ttl_ms"])
+    if lease.finished:  # a late duplicate of a turn that ended: its messages are in
+        return {"thread_id": thread_id, "opened": opened, "lease": to_json(lease)}
+    try:
+        appended = self.threads.append(thread_id, messages, owner=owner)
+    except TRANSIENT_ERRORS:
+        raise  # retried with the lease held: the same owner re-acquires it
+    except Exception:
+        self.threads.release_lease(thread_id, owner)
+        raise
+    return {
+        "thread_id": thread_id,
+        "opened": opened,
+        "lease": to_json(lease),
+        **to_json(appended),
+    }
+
+
 @thread_task("threads.release_lease")
 def release_lease(self: ThreadTask, thread_id: str, owner: str) -> JSON:
     return {"thread_id": thread_id, "released": self.threads.release_lease(thread_id, owner)}
@@ -194,7 +237,7 @@ def reconcile_turns(self: ThreadTask, limit_per_shard: int | None = None) -> JSO
             wake.step,
             wake.status.wakes,
         )
-        turn_canvas(wake.spec, wake.step, app).apply_async()
+        turn_canvas(wake.spec, wake.step, app, recorded=True).apply_async()
     return {
         "due": report.due,
         "woken": [[w.thread_id, w.turn_id, w.step] for w in report.woken],

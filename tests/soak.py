@@ -30,7 +30,7 @@ Workload and invariants (everything is keyed by message id, so each check is exa
   ``<turn>:tool:<turn>-c<k>`` (its result), then ``<turn>:<calls>:assistant``.
 * Each tool call runs once, unless a kill hit it between its start and its stored
   result (the soak matches every second execution to a kill; any other is an error).
-* No turn ever waits for a lease (``threads.acquire_lease`` is never retried): the
+* No turn ever waits for a lease (``threads.open_turn`` is never retried): the
   turns of a thread run one after another, so the only possible holder would be a
   late duplicate of a finished turn, which must find that turn finished instead.
 * Every stored body equals the body that was sent (or that the turn task derives).

@@ -514,7 +514,7 @@ def test_an_agent_turn_calls_the_messages_api_and_stores_the_reply_once(
     ]
     turn = agent_turn("t1", new, run_turn_signature(app), turn_id="turn-1", mode="new")
     flushed = turn.apply_async()
-    assert flushed.get(timeout=TIMEOUT)["evicted"] is True
+    assert flushed.get(timeout=TIMEOUT)["status"] == "archived"
     reply = {"role": "assistant", "content": [{"type": "text", "text": "Take the 07:33."}]}
     assert flushed.parent.get(timeout=TIMEOUT) == {
         "reply_id": "turn-1:0:assistant",

@@ -163,11 +163,12 @@ def test_demo_runs_three_turns_through_a_real_worker_and_cleans_up(tmp_path: Pat
         "turn 1 (new)",
         "turn 2 (continue)",
         "turn 3 (fork of turn 1)",
-        "  hydrate",  # turn 2 opens by hydrating the evicted thread
+        "  open",  # each turn opens (create | hydrate | fork), leases and appends in one step
         "run:demo.scripted_agent",
         "tool runs: call-0-0 x1, call-0-1 x1",  # turn 1's two tool calls, each run once
-        "tier after the turn: cold",  # archived and evicted
-        "thread 'demo-trip': tier hot, version 10, 8 messages",  # hydrated for the fork
+        "tier after the turn: hot, archived (cold v10 = hot v10)",  # evict="idle": kept hot
+        "idle flush: 2 evicted, 0 kept hot",  # what the beat does once they are idle
+        "thread 'demo-trip': tier cold, version 10, 8 messages",
         "thread 'demo-trip-alt': tier cold, version 4, 8 messages",
         "nothing was doubled",
         "stopped the celery worker",

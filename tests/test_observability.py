@@ -349,7 +349,7 @@ def test_every_step_of_an_agent_turn_logs_its_thread_task_and_turn_id(observed: 
     while result is not None:
         steps.append(result)
         result = result.parent
-    assert len(steps) == 5  # hydrate, acquire_lease, append, test.echo_agent, flush
+    assert len(steps) == 3  # open_turn, test.echo_agent, flush
     lines = observed.log_lines()
     for step in steps:
         # lines written while the step ran (Celery's "received" line comes before)
@@ -360,13 +360,7 @@ def test_every_step_of_an_agent_turn_logs_its_thread_task_and_turn_id(observed: 
         names = {line["task"] for line in during}
         assert len(names) == 1
     by_task = {line["task"] for line in lines if line.get("turn_id") == "turn-obs-1"}
-    assert by_task == {
-        "threads.hydrate",
-        "threads.acquire_lease",
-        "threads.append",
-        "test.echo_agent",
-        "threads.flush",
-    }
+    assert by_task == {"threads.open_turn", "test.echo_agent", "threads.flush"}
 
 
 def test_worker_log_is_json_lines_with_secrets_redacted(observed: Observed) -> None:

@@ -28,7 +28,7 @@ from storage.cold import S3ColdStore
 from storage.tiered import Threads
 from tasks.app import threads as worker_threads
 from tasks.client import ThreadClient
-from tasks.turns import agent_turn, turn_canvas
+from tasks.turns import InvalidTurnOption, agent_turn, plan_turn, turn_canvas
 from tests.conftest import backdate, msg
 
 TIMEOUT = 60
@@ -241,8 +241,8 @@ def test_agent_turns_new_continue_and_fork_end_to_end(app: Celery, store: Thread
     agent = app.signature("test.echo_agent")
     first = agent_turn("t1", [msg("u1")], agent, turn_id="turn-1", mode="new", app=app)
     flushed = first.apply_async().get(timeout=TIMEOUT)
-    assert (flushed["status"], flushed["evicted"]) == ("archived", True)
-    assert not store.hot.exists("t1")  # archived and evicted after the turn
+    assert (flushed["status"], flushed["evicted"]) == ("archived", False)
+    assert store.hot.exists("t1")  # archived, and hot for the next turn
     second = agent_turn("t1", [msg("u2")], agent, turn_id="turn-2", app=app)
     second.apply_async().get(timeout=TIMEOUT)
     assert ids(store, "t1") == ["u1", "turn-1:reply", "u2", "turn-2:reply"]
@@ -267,7 +267,8 @@ def test_a_failed_run_still_flushes_releases_and_reports_the_original_error(
     agent_turn(
         "t1", [msg("u1")], app.signature("test.echo_agent"), turn_id="turn-1", mode="new"
     ).apply_async().get(timeout=TIMEOUT)
-    turn = agent_turn("t1", [msg("u2")], app.signature("test.failing_agent"), turn_id="turn-2")
+    failing = app.signature("test.failing_agent")
+    turn = agent_turn("t1", [msg("u2")], failing, turn_id="turn-2", evict="turn")
     result = turn.apply_async()
     with pytest.raises(ValueError, match="model exploded in turn turn-2"):
         result.get(timeout=TIMEOUT)
@@ -353,7 +354,7 @@ def test_client_turn_and_concurrent_appends_from_many_producers(
         own = [i for i in stored if i.startswith(f"p{p}-")]
         assert own == sorted(own)
     turn = client.turn("t1", [msg("u1")], app.signature("test.echo_agent"), turn_id="turn-1")
-    assert turn.get(timeout=TIMEOUT)["evicted"] is True
+    assert turn.get(timeout=TIMEOUT)["evicted"] is False  # kept hot (evict="idle")
 
 
 # -- the turn record --------------------------------------------------------------------
@@ -367,9 +368,9 @@ def test_a_turn_sent_without_the_client_records_itself(app: Celery, store: Threa
     status = store.turns.status("r1", "rt-1")
     assert status is not None
     assert status.state == "finished"
-    assert status.steps == ["create", "acquire_lease", "append", "run:test.tool_turn", "flush"]
-    assert status.done == 4
-    assert status.attempt == 5
+    assert status.steps == ["open", "run:test.tool_turn", "flush"]
+    assert status.done == 2
+    assert status.attempt == 3
     assert set(status.timings) == set(status.steps)
     assert status.tools == {"rt-1-c0": {"runs": 1, "done": True}}
     assert status.result["status"] == "archived"
@@ -382,11 +383,11 @@ def test_turn_status_shows_a_running_turn_and_its_usage(
     client.turn("r2", [msg("u1")], agent, turn_id="rt-2", mode="new")
     deadline = time.monotonic() + TIMEOUT
     status = client.turn_status("r2", "rt-2")
-    while (status is None or status.step != 3) and time.monotonic() < deadline:
+    while (status is None or status.step != 1) and time.monotonic() < deadline:
         time.sleep(0.02)
         status = client.turn_status("r2", "rt-2")
     assert status is not None
-    assert (status.state, status.step, status.done) == ("running", 3, 2)
+    assert (status.state, status.step, status.done) == ("running", 1, 0)
     assert status.worker is not None
     assert status.deadline_ms is not None
     done = client.wait_turn("r2", "rt-2", timeout=TIMEOUT)
@@ -409,7 +410,7 @@ def test_a_duplicate_delivery_of_a_running_step_does_nothing(
         time.sleep(0.02)
     spec = store.turns.spec("r3", "rt-3")
     assert spec is not None
-    copy = turn_canvas(spec, 3, app).apply_async()
+    copy = turn_canvas(spec, 1, app).apply_async()
     final = client.wait_turn("r3", "rt-3", timeout=TIMEOUT)
     assert final.state == "finished"
     assert copy.state in ("PENDING", "IGNORED")  # dropped: no result, no chain
@@ -428,16 +429,147 @@ def test_a_failed_turn_raises_turn_failed_with_the_typed_error(
     assert failed.value.error_type == "ValueError"
     status = client.turn_status("r4", "rt-4b")
     assert status is not None
-    assert (status.state, status.done) == ("failed", 2)  # the run step failed
-    assert not store.hot.exists("r4")  # the cleanup flushed and evicted it
-    assert ids_after_hydrate(store, "r4") == ["u1", "rt-4a:reply", "u2"]
+    assert (status.state, status.done) == ("failed", 0)  # the run step failed
+    info = store.hot.info("r4")  # the cleanup archived it and kept it hot (evict="idle")
+    assert (info.cold_version, info.lease_owner) == (info.version, None)
+    assert archived_ids(store, "r4") == ["u1", "rt-4a:reply", "u2"]
 
 
-def ids_after_hydrate(store: Threads, thread_id: str) -> list[str]:
-    store.hydrate(thread_id)
-    return ids(store, thread_id)
+def archived_ids(store: Threads, thread_id: str) -> list[str]:
+    found = store.cold.read(thread_id)
+    assert found is not None, f"thread {thread_id!r} has no archive"
+    return list(found[0].ids)
 
 
 def test_a_plain_task_as_the_agent_is_refused(app: Celery) -> None:
     with pytest.raises(ValueError, match="ThreadTask"):
         agent_turn("t1", [msg("u1")], app.signature("test.noop"), turn_id="rt-5")
+
+
+# -- where a thread lives after its turn (evict) -------------------------------------------
+
+
+def test_a_default_turn_keeps_the_thread_hot_with_its_archive_current(
+    app: Celery, client: ThreadClient, store: Threads
+) -> None:
+    agent = app.signature("test.echo_agent")
+    client.run_turn("h1", [msg("u1")], agent, turn_id="ht-1", mode="new")
+    assert store.hot.exists("h1")
+    info = store.hot.info("h1")
+    assert info.cold_version == info.version  # the archive holds the turn
+    assert info.lease_owner is None
+    assert archived_ids(store, "h1") == ["u1", "ht-1:reply"]
+    client.run_turn("h1", [msg("u2")], agent, turn_id="ht-2")  # no restore: it is hot
+    info = store.hot.info("h1")
+    assert (info.cold_version, info.lease_owner) == (info.version, None)
+    assert archived_ids(store, "h1") == ["u1", "ht-1:reply", "u2", "ht-2:reply"]
+
+
+def test_an_evict_turn_turn_evicts_the_thread_and_the_next_turn_restores_it(
+    app: Celery, client: ThreadClient, store: Threads
+) -> None:
+    agent = app.signature("test.echo_agent")
+    result = client.run_turn("e1", [msg("u1")], agent, turn_id="et-1", mode="new", evict="turn")
+    assert (result["status"], result["evicted"]) == ("archived", True)
+    assert not store.hot.exists("e1")
+    assert archived_ids(store, "e1") == ["u1", "et-1:reply"]
+    client.run_turn("e1", [msg("u2")], agent, turn_id="et-2", evict="turn")
+    assert not store.hot.exists("e1")
+    assert archived_ids(store, "e1") == ["u1", "et-1:reply", "u2", "et-2:reply"]
+
+
+def test_the_idle_flush_evicts_a_thread_a_default_turn_kept_hot(
+    app: Celery, client: ThreadClient, store: Threads
+) -> None:
+    client.run_turn("i1", [msg("u1")], app.signature("test.echo_agent"), turn_id="it-1", mode="new")
+    assert store.hot.exists("i1")
+    backdate(store.hot, "i1", int(time.time() * 1000) - 3_600_000)
+    run(app, "threads.flush_idle", idle_seconds=60)
+    wait_until(lambda: not store.hot.exists("i1"), "the idle flush did not evict the thread")
+    assert archived_ids(store, "i1") == ["u1", "it-1:reply"]
+
+
+def test_an_unknown_evict_is_refused_before_anything_is_recorded_or_sent(
+    app: Celery, client: ThreadClient, store: Threads
+) -> None:
+    agent = app.signature("test.echo_agent")
+    with pytest.raises(InvalidTurnOption, match="unknown evict 'never'"):
+        agent_turn("v1", [msg("u1")], agent, turn_id="vt-1", evict="never")  # type: ignore[arg-type]
+    with pytest.raises(InvalidTurnOption, match=r"'idle'.*'turn'"):
+        client.turn("v1", [msg("u1")], agent, turn_id="vt-1", mode="new", evict=True)  # type: ignore[arg-type]
+    assert client.turn_status("v1", "vt-1") is None
+    assert not store.hot.exists("v1")
+
+
+def test_an_opening_that_fails_fails_the_turn_at_once_and_holds_nothing(
+    app: Celery, client: ThreadClient, store: Threads
+) -> None:
+    """mode="new" on another caller's thread: the folded opening fails with the typed
+    error, the turn fails without a cleanup step, no lease is held, nothing appended."""
+    store.open("o1", "new")
+    with pytest.raises(TurnFailed, match="ThreadExists"):
+        client.run_turn(
+            "o1", [msg("u1")], app.signature("test.echo_agent"), turn_id="ot-1", mode="new"
+        )
+    status = client.turn_status("o1", "ot-1")
+    assert status is not None
+    assert (status.state, status.done, status.step) == ("failed", -1, 0)
+    assert store.hot.info("o1").lease_owner is None
+    assert ids(store, "o1") == []
+
+
+def done_step(store: Threads, thread_id: str, turn_id: str) -> int | None:
+    status = store.turns.status(thread_id, turn_id)
+    return None if status is None else status.done
+
+
+def five_step_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` as the code before the folded opening planned it (no ``evict``; five
+    steps, each queue resolved)."""
+    opening = {"new": "create", "continue": "hydrate", "fork": "fork"}[spec["mode"]]
+    names = [f"threads.{opening}", "threads.acquire_lease", "threads.append", "threads.flush"]
+    queue = spec["queues"]["threads.flush"]
+    old = {k: v for k, v in spec.items() if k != "evict"}
+    agent = spec["run"]["task"]
+    old["queues"] = {**dict.fromkeys(names, queue), agent: spec["queues"][agent]}
+    old["steps"] = [opening, "acquire_lease", "append", spec["steps"][1], "flush"]
+    return old
+
+
+def test_a_turn_recorded_with_five_steps_still_resumes_from_any_step(
+    app: Celery, store: Threads
+) -> None:
+    """A record written by the code before the folded opening: its steps run with the
+    tasks they name; re-woken at its agent step (the reconciler's rebuild), it
+    finishes and evicts as that code did."""
+    agent = app.signature("test.echo_agent")
+    spec = five_step_spec(
+        plan_turn("old-1", [msg("u1")], agent, turn_id="ot-5", mode="new", app=app)
+    )
+    store.turns.submit("old-1", "ot-5", steps=spec["steps"], spec=spec, lease_ms=20_000)
+    canvas = turn_canvas(spec, 0, app)
+    for n, opening in enumerate(canvas.tasks[:3]):  # three steps; then the worker "dies"
+        opening.clone(options={"chain": []}).apply_async()  # (a step stores no result)
+        wait_until(lambda n=n: done_step(store, "old-1", "ot-5") == n, f"step {n} never ran")
+    status = store.turns.status("old-1", "ot-5")
+    assert status is not None
+    assert (status.state, status.done) == ("running", 2)
+    assert store.hot.info("old-1").lease_owner == "ot-5"
+    result = turn_canvas(spec, 3, app).apply_async().get(timeout=TIMEOUT)
+    assert (result["status"], result["evicted"]) == ("archived", True)
+    status = store.turns.status("old-1", "ot-5")
+    assert status is not None
+    assert (status.state, status.done, status.steps[1]) == ("finished", 4, "acquire_lease")
+    assert archived_ids(store, "old-1") == ["u1", "ot-5:reply"]
+
+
+def test_a_continue_turn_on_a_thread_in_no_tier_fails_and_creates_nothing(
+    app: Celery, client: ThreadClient, store: Threads
+) -> None:
+    with pytest.raises(TurnFailed, match=r"ThreadNotFound.*mode='new' first"):
+        client.run_turn("n1", [msg("u1")], app.signature("test.echo_agent"), turn_id="nt-1")
+    status = client.turn_status("n1", "nt-1")
+    assert status is not None
+    assert (status.state, status.done) == ("failed", -1)
+    assert not store.hot.exists("n1")
+    assert store.cold.head("n1") is None

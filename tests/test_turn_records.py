@@ -290,3 +290,40 @@ def test_get_finds_records_by_id_without_reading_the_list(threads: Threads) -> N
     assert threads.get("t1", ["b", "zz", "a"]) == {"a": msg("a"), "b": msg("b")}
     threads.flush("t1", evict=True)
     assert threads.get("t1", ["a"]) == {"a": msg("a")}  # hydrated on a miss
+
+
+def wait_for(condition: Any, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_the_process_heartbeat_renews_each_running_step_and_flags_a_takeover(
+    turns: TurnStore, threads: Threads
+) -> None:
+    """``tasks.steps.Heartbeats``: one thread renews every registered step; a step
+    that left stops being renewed; a step whose claim was taken over is superseded."""
+    from tasks.steps import Heartbeats
+
+    beats = Heartbeats()
+    submit(turns)
+    assert begin(turns, 0, "a") == "ok"
+    assert end(turns, "a") == "running"
+    assert begin(turns, 1, "a") == "ok"
+    run = StepRun(turns, "t1", "turn-1", 1, "a", LEASE)
+    beat = beats.add(run, LEASE // 4)
+
+    def beaten() -> int:
+        status = turns.status("t1", "turn-1")
+        return 0 if status is None else int(status.record.get("beats", 0))
+
+    wait_for(lambda: beaten() >= 12, "the step was not renewed for three leases")
+    assert begin(turns, 1, "b") == "busy"  # the claim stayed alive all along
+    assert threads.hot.info("t1").lease_owner == "turn-1"
+    assert run.alive
+    beats.remove(beat)
+    wait_for(lambda: begin(turns, 1, "b") == "ok", "the claim outlived its step's heartbeat")
+    stale = StepRun(turns, "t1", "turn-1", 1, "a", LEASE)
+    beats.add(stale, LEASE // 4)  # "a" was taken over by "b"
+    wait_for(lambda: not stale.alive, "the superseded execution was not told")
