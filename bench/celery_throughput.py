@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import platform
 import statistics
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from celery import chain
@@ -54,6 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer tasks (a smoke run)")
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     options = parser.parse_args()
     count, repeats = (300, 5) if options.quick else (3000, 30)
     with EmbeddedRedis() as server, tempfile.TemporaryDirectory() as cold:
@@ -82,13 +85,15 @@ def main() -> None:
         worker.start()
         try:
             worker.wait_ready(app)
-            run_benchmarks(store, count, repeats, options.concurrency)
+            figures = run_benchmarks(store, count, repeats, options.concurrency)
         finally:
             worker.stop()
             app.close()
+    if options.json:
+        Path(options.json).write_text(json.dumps(figures, indent=2) + "\n")
 
 
-def run_benchmarks(store: Any, count: int, repeats: int, concurrency: int) -> None:
+def run_benchmarks(store: Any, count: int, repeats: int, concurrency: int) -> dict[str, float]:
     noop = app.signature("bench.noop")
     append = app.signature("threads.append")
 
@@ -147,6 +152,12 @@ def run_benchmarks(store: Any, count: int, repeats: int, concurrency: int) -> No
     for name, ours, baseline, ratio in rows:
         print(f"{name:<44}{ours:>10}{baseline:>10}{ratio:>8}")
     print("\nbaselines: bench.noop tasks on the same worker; a chain of four bench.noop tasks")
+    return {
+        "append_tasks_per_s": append_rate,
+        "noop_tasks_per_s": noop_rate,
+        "agent_turn_ms": turn_ms,
+        "four_noops_ms": noops_ms,
+    }
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Servers are child processes in the foreground (``storage.embedded.EmbeddedRedis`
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import random
 import subprocess
@@ -18,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.tiering import _EPOCH, _LEVELS, _TOOLS, _hex, _words
+from bench.tiering import _EPOCH, _LEVELS, _TOOLS, _WEIGHTS, _WORDS, _hex
 from storage.embedded import EmbeddedRedis, find_redis_server
 from storage.tiered import Threads
 from tasks.app import build_threads
@@ -111,6 +112,15 @@ def make_bucket(threads: Threads, bucket: str) -> None:
 
 
 # -- ~600-byte chat/tool records -------------------------------------------------------
+
+
+_CUMULATIVE = list(itertools.accumulate(_WEIGHTS))
+
+
+def _words(rng: random.Random, low: int, high: int) -> str:
+    """``bench.tiering``'s Zipfian words, with the cumulative weights computed once."""
+    text = " ".join(rng.choices(_WORDS, cum_weights=_CUMULATIVE, k=rng.randint(low, high)))
+    return text[:1].upper() + text[1:] + "."
 
 
 def chat_body(n: int) -> dict[str, Any]:
