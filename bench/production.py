@@ -87,7 +87,7 @@ QUICK = Mode(
     lengths=(10, 1_000, 5_000),
     turns={10: 4, 1_000: 3, 5_000: 2},
     long_turns=100,
-    big=10_000,
+    big=5_000,
     hydrate=2,
     load=3,
 )

@@ -336,7 +336,7 @@ def versions() -> str:
     engines = ", ".join(f"{s.name}-server {s.version}" for s in servers()[0])
     return (
         f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs; "
-        f"redis-server {redis_version} (the other benchmarks), {engines} (bench.production), "
+        f"redis-server {redis_version}; bench.production also on {engines}; "
         f"redis-py {redis.__version__}, celery {celery.__version__}, boto3 {boto3.__version__}"
     )
 
@@ -387,6 +387,12 @@ def main() -> None:
             f"{sum(r['met'] for r in met)} of {len(met)} met. Ratios are ours / baseline.",
             "",
             *targets_table(met),
+            "",
+            "Turn cost is `bench.production` part 2 with the thread kept hot. Upload per turn is",
+            "the mean of the last ten turns over the first ten (flat when a flush uploads only",
+            "the new records). A full snapshot per turn writes about N²/2 turn-sizes over N",
+            "turns, an upload of the new records about N, so the cumulative limit is 4/N: twice",
+            "what N uploads the size of the first turn's would give.",
             "",
         ]
     for title, image in plots:
