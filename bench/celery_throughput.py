@@ -11,11 +11,13 @@ one real `celery worker` process (threads pool), and stops both at the end.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from celery import chain
@@ -68,6 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer tasks (a smoke run)")
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     options = parser.parse_args()
     count, repeats = (300, 10) if options.quick else (3000, 40)
     with EmbeddedRedis() as server, tempfile.TemporaryDirectory() as cold:
@@ -96,13 +99,15 @@ def main() -> None:
         worker.start()
         try:
             worker.wait_ready(app)
-            run_benchmarks(store, count, repeats, options.concurrency)
+            figures = run_benchmarks(store, count, repeats, options.concurrency)
         finally:
             worker.stop()
             app.close()
+    if options.json:
+        Path(options.json).write_text(json.dumps(figures, indent=2) + "\n")
 
 
-def run_benchmarks(store: Any, count: int, repeats: int, concurrency: int) -> None:
+def run_benchmarks(store: Any, count: int, repeats: int, concurrency: int) -> dict[str, float]:
     noop = app.signature("bench.noop")
     append = app.signature("threads.append")
 
@@ -192,6 +197,13 @@ def run_benchmarks(store: Any, count: int, repeats: int, concurrency: int) -> No
         f' (evict="idle"), {evicted_bytes:,} evicted (evict="turn": turn records and markers);'
         f"\na hot thread of 100 such ~1 KB messages: {hundred_bytes:,}"
     )
+    return {
+        "append_tasks_per_s": append_rate,
+        "noop_tasks_per_s": noop_rate,
+        "agent_turn_ms": turn_ms,
+        "agent_turn_evict_turn_ms": evicting_ms,
+        "four_noops_ms": noops_ms,
+    }
 
 
 if __name__ == "__main__":

@@ -80,6 +80,15 @@ return 1
 """
 
 
+def zeitlich_append(script: Any, ttl_ms: int, tid: str, msgs: list[dict[str, Any]]) -> int:
+    """What the zeitlich client does per call: serialise each message, build the
+    composite dedup key, one call of ``ZEITLICH_APPEND`` (``script``, registered with
+    ``register_script``); 1 if appended, 0 if the dedup key was there."""
+    payload = [json.dumps(m, separators=(",", ":")) for m in msgs]
+    dedup = f"dedup:{':'.join(m['id'] for m in msgs)}:thread:{tid}"
+    return int(script(keys=[dedup, f"messages:thread:{tid}"], args=[ttl_ms, *payload]))
+
+
 @dataclass(frozen=True)
 class Mode:
     single: int  # single-message appends
@@ -269,13 +278,7 @@ class Bench:
         return measure(ops, n, block)
 
     def _zeitlich_append(self, tid: str, msgs: list[dict[str, Any]]) -> int:
-        """What the zeitlich client does per call: serialise each message, build
-        the composite dedup key, one script call."""
-        payload = [json.dumps(m, separators=(",", ":")) for m in msgs]
-        dedup = f"dedup:{':'.join(m['id'] for m in msgs)}:thread:{tid}"
-        return int(
-            self.zeitlich(keys=[dedup, f"messages:thread:{tid}"], args=[self.ttl_ms, *payload])
-        )
+        return zeitlich_append(self.zeitlich, self.ttl_ms, tid, msgs)
 
     def duplicate(self, size: int, n: int, block: int) -> dict[str, Stats]:
         """Redeliver an already stored batch of ``size`` (nothing may be written)."""

@@ -1,7 +1,7 @@
 """Run every benchmark, print their tables, and write the report with plots.
 
-    python -m bench.report            # full run (~10 min): docs/benchmarks.md + docs/*.png
-    python -m bench.report --quick    # smoke run (< 2 min) into a temporary folder
+    python -m bench.report            # full run (~15 min): docs/benchmarks.md + docs/*.png
+    python -m bench.report --quick    # smoke run (< 2.5 min) into a temporary folder
 
 Each benchmark starts its own servers and measures its baselines in the same
 run; this script only runs them one after another and assembles the output.
@@ -22,10 +22,28 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-TABLES = ("hot_store", "peers", "scaling", "tiering", "celery_throughput", "idle_flush")
-WITH_JSON = {"peers", "scaling"}
+TABLES = (
+    "production",
+    "hot_store",
+    "peers",
+    "scaling",
+    "tiering",
+    "celery_throughput",
+    "idle_flush",
+    *(("cluster_model",) if (REPO / "bench" / "cluster_model.py").exists() else ()),
+)
+WITH_JSON = {"production", "peers", "scaling", "celery_throughput"}
 
 NARRATIVE = {
+    "production": (
+        "The production path: `Threads` as a Celery worker builds it (`tasks.app.build_threads`), "
+        "on Redis 7 and Valkey 9 in the same run. Append against raw `RPUSH` / a raw pipeline "
+        "and a zeitlich-style script; one turn's storage calls against thread length (S3 and "
+        "files, kept hot and evicted every turn, against a full snapshot per turn); the cold "
+        "bytes of a long thread against a full snapshot per turn; hydrate and load against "
+        "their raw floors and the OpenAI Agents SDK's `RedisSession`."
+    ),
+    "cluster_model": "Cluster model (`bench.cluster_model`).",
     "hot_store": "Hot tier: `HotStore` against raw redis-py on one connection.",
     "peers": (
         "Against the physical limit (raw redis-py) and peer libraries on the same Redis: a "
@@ -153,6 +171,155 @@ def plot_peers(data: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_turns(data: dict[str, Any], path: Path) -> bool:
+    """Turn cost against thread length: kept hot, evicted per turn, full snapshot."""
+    rows = data.get("turns", [])
+    if not rows:
+        return False
+    plt = _pyplot()
+    stores = sorted({r["store"] for r in rows}, reverse=True)
+    fig, axes = plt.subplots(1, len(stores), figsize=(10, 4), sharey=True)
+    labels = {
+        "hot": "ours, kept hot (default)",
+        "evict": "ours, evicted every turn",
+        "snapshot": "full snapshot per turn (raw)",
+    }
+    for ax, store in zip(axes if len(stores) > 1 else [axes], stores, strict=True):
+        for mode, label in labels.items():
+            points = sorted(
+                (r["length"], r["ms"]) for r in rows if (r["store"], r["mode"]) == (store, mode)
+            )
+            style = {"ls": "--", "marker": "x"} if mode == "snapshot" else {"marker": "o"}
+            ax.plot([p[0] for p in points], [p[1] for p in points], label=label, **style)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("messages in the thread")
+        ax.set_title(f"cold store: {store}")
+    axes_list = axes if len(stores) > 1 else [axes]
+    axes_list[0].set_ylabel("median ms per turn")
+    axes_list[0].legend(fontsize=8)
+    fig.suptitle("One turn's storage calls against thread length")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_append(data: dict[str, Any], path: Path) -> bool:
+    """Append 1 and batch of 100 against raw and zeitlich-style, per server."""
+    rows = [r for r in data.get("append", []) if "p99" not in r["measure"]]
+    if not rows:
+        return False
+    plt = _pyplot()
+    measures = list(dict.fromkeys(r["measure"] for r in rows))
+    servers = list(dict.fromkeys(r["server"] for r in rows))
+    columns = [
+        ("ours_us", "agent-threads Threads.append"),
+        ("zeitlich_us", "zeitlich-style"),
+        ("raw_us", "raw RPUSH / pipeline"),
+    ]
+    fig, axes = plt.subplots(1, len(measures), figsize=(10, 4))
+    width = 0.25
+    for ax, measure in zip(axes, measures, strict=True):
+        for k, (key, label) in enumerate(columns):
+            values = [
+                next(r[key] for r in rows if (r["server"], r["measure"]) == (srv, measure))
+                for srv in servers
+            ]
+            ax.bar([i + k * width for i in range(len(servers))], values, width, label=label)
+        ax.set_xticks([i + width for i in range(len(servers))])
+        ax.set_xticklabels(servers)
+        ax.set_title(measure)
+        ax.set_ylabel("median µs (lower is better)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Append on the production path, Redis and Valkey")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_bytes(data: dict[str, Any], path: Path) -> bool:
+    """Cumulative cold bytes against turn: ours (S3, files) and a full snapshot per turn."""
+    series = data.get("bytes", {})
+    if not series:
+        return False
+    plt = _pyplot()
+    labels = {"s3": "ours, S3", "file": "ours, files", "snapshot": "full snapshot per turn"}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, per_turn in series.items():
+        total, points = 0, []
+        for size in per_turn:
+            total += size
+            points.append(total / 1e6)
+        style = {"ls": "--"} if name == "snapshot" else {}
+        ax.plot(range(1, len(points) + 1), points, label=labels.get(name, name), **style)
+    ax.set_xlabel("turn (4 records each)")
+    ax.set_ylabel("cumulative bytes written to the cold tier (MB)")
+    ax.set_title("Cold bytes over a long thread")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def targets(
+    production: dict[str, Any] | None, celery: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """The issue's targets, from this run: bench.production's and agent_turn's."""
+    rows = list((production or {}).get("targets", []))
+    if celery:
+        measured = celery["agent_turn_ms"] / celery["four_noops_ms"]
+        rows.append(
+            {
+                "target": "agent_turn (scripted, thread hot) / chain of four no-op tasks",
+                "measured": round(measured, 3),
+                "limit": 1.0,
+                "unit": "x",
+                "met": measured <= 1.0,
+            }
+        )
+    return rows
+
+
+def targets_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| target | measured | limit | met |", "|---|---:|---:|:---:|"]
+    for r in rows:
+        met = "yes" if r["met"] else "**no**"
+        lines.append(
+            f"| {r['target']} | {r['measured']:.3f}{r['unit']} "
+            f"| <= {r['limit']}{r['unit']} | {met} |"
+        )
+    return lines
+
+
+PLOTS: tuple[tuple[str, str, Any], ...] = (
+    ("production", "bench-turns.png", plot_turns),
+    ("production", "bench-append.png", plot_append),
+    ("production", "bench-cold-bytes.png", plot_bytes),
+    ("peers", "bench-peers.png", plot_peers),
+    ("scaling", "bench-scaling.png", plot_scaling),
+)
+"""(benchmark whose JSON it draws, image file, drawing function)"""
+PLOT_TITLES = {
+    "bench-turns.png": "Turn cost against thread length",
+    "bench-append.png": "Append on the production path, Redis and Valkey",
+    "bench-cold-bytes.png": "Cumulative cold bytes over a long thread",
+    "bench-peers.png": "Throughput against the limit and peers",
+    "bench-scaling.png": "Latency against thread length",
+}
+
+
 def versions() -> str:
     import boto3
     import celery
@@ -164,19 +331,22 @@ def versions() -> str:
         [find_redis_server(), "--version"], capture_output=True, text=True, check=False
     ).stdout.split()
     redis_version = next((w.split("=")[1] for w in server if w.startswith("v=")), "?")
+    from bench.harness import servers
+
+    engines = ", ".join(f"{s.name}-server {s.version}" for s in servers()[0])
     return (
         f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs; "
-        f"redis-server {redis_version}, redis-py {redis.__version__}, celery {celery.__version__}, "
-        f"boto3 {boto3.__version__}"
+        f"redis-server {redis_version}; bench.production also on {engines}; "
+        f"redis-py {redis.__version__}, celery {celery.__version__}, boto3 {boto3.__version__}"
     )
 
 
 def replot(folder: Path) -> None:
     """Redraw the plots from the JSON a previous run left in ``folder``."""
-    for name, plot in (("peers", plot_peers), ("scaling", plot_scaling)):
+    for name, image, plot in PLOTS:
         source = folder / f"{name}.json"
         if source.exists():
-            plot(json.loads(source.read_text()), folder / f"bench-{name}.png")
+            plot(json.loads(source.read_text()), folder / image)
 
 
 def main() -> None:
@@ -191,24 +361,42 @@ def main() -> None:
     out = options.out or (Path(tempfile.mkdtemp()) if options.quick else REPO / "docs")
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    load_at_start = os.getloadavg()[0]
     results = {module: run(module, options.quick, out) for module in TABLES}
     plots = []
-    peers, scaling = results["peers"][1], results["scaling"][1]
-    if peers and plot_peers(peers, out / "bench-peers.png"):
-        plots.append(("Throughput against the limit and peers", "bench-peers.png"))
-    if scaling and plot_scaling(scaling, out / "bench-scaling.png"):
-        plots.append(("Latency against thread length", "bench-scaling.png"))
+    for name, image, plot in PLOTS:
+        data = results[name][1]
+        if data and plot(data, out / image):
+            plots.append((PLOT_TITLES[image], image))
+    met = targets(results["production"][1], results["celery_throughput"][1])
     command = "make bench" if not options.quick else "python -m bench.report --quick"
     lines = [
         "# Benchmarks",
         "",
         f"Generated by `{command}` on {datetime.date.today()} "
-        f"({time.monotonic() - started:.0f} s). {versions()}.",
+        f"({time.monotonic() - started:.0f} s). {versions()}. Load average at the start "
+        f"{load_at_start:.1f}, at the end {os.getloadavg()[0]:.1f}.",
         "Every benchmark starts its own servers on loopback and measures its baselines in",
         "the same run, so read the ratios: the machine is shared and absolute times move.",
         "Rerun one part with `python -m bench.<name>` (`--quick` for a smoke run).",
         "",
     ]
+    if met:
+        lines += [
+            "## Targets",
+            "",
+            f"Computed from this run (`bench.production`, `bench.celery_throughput`): "
+            f"{sum(r['met'] for r in met)} of {len(met)} met. Ratios are ours / baseline.",
+            "",
+            *targets_table(met),
+            "",
+            "Turn cost is `bench.production` part 2 with the thread kept hot. Upload per turn is",
+            "the mean of the last ten turns over the first ten (flat when a flush uploads only",
+            "the new records). A full snapshot per turn writes about N²/2 turn-sizes over N",
+            "turns, an upload of the new records about N, so the cumulative limit is 4/N: twice",
+            "what N uploads the size of the first turn's would give.",
+            "",
+        ]
     for title, image in plots:
         lines += [f"![{title}]({image})", ""]
     for module in TABLES:
