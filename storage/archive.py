@@ -60,7 +60,7 @@ MAX_SEGMENTS = 16
 """At most this many segments after the base: a hydrate fetches at most 17 parts."""
 GC_DELAY_MS = 60_000
 """Default delay before an unreferenced part is deleted (well over any hydrate's reads)."""
-MAX_GARBAGE = 256
+MAX_GARBAGE = 32
 """Garbage entries a manifest carries at most; older ones are deleted at once (a hydrate
 that still wanted one reads the manifest again)."""
 _READ_ATTEMPTS = 5

@@ -10,7 +10,9 @@ refused call writes nothing.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import itertools
 import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -197,14 +199,16 @@ def _expected(version: int | None) -> str:
 def _spans(records: Sequence[str | bytes], chunk_size: int) -> list[tuple[int, int]]:
     """``[first, end)`` ranges of at most ``chunk_size`` records and about
     ``CHUNK_BYTES`` each (at least one record each): one range means one call."""
-    spans, first, size = [], 0, 0
-    for i, record in enumerate(records):
-        if i > first and (i - first >= chunk_size or size + len(record) > CHUNK_BYTES):
-            spans.append((first, i))
-            first, size = i, 0
-        size += len(record)
-    spans.append((first, len(records)))
-    return spans
+    ends = list(itertools.accumulate(map(len, records)))  # bytes up to and with record i
+    spans, first = [], 0
+    while first < len(records):
+        before = ends[first - 1] if first else 0
+        # the first record past the byte budget (at least one record per span)
+        by_bytes = bisect.bisect_right(ends, before + CHUNK_BYTES, lo=first + 1)
+        end = max(first + 1, min(first + chunk_size, by_bytes, len(records)))
+        spans.append((first, end))
+        first = end
+    return spans or [(0, 0)]
 
 
 class HotStore:

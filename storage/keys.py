@@ -7,8 +7,10 @@ script touches a single slot. Key names are built here and nowhere else.
 
 from __future__ import annotations
 
+import functools
 import re
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from storage.errors import InvalidMessage, InvalidThreadId
@@ -59,6 +61,24 @@ def validate_message_id(
             f"invalid {what} {message_id[:64]!r}: use printable characters without whitespace"
         )
     return message_id
+
+
+@functools.cache
+def _printable_ids(max_length: int) -> re.Pattern[str]:
+    one = rf"[\x21-\x7e]{{1,{max_length}}}"
+    return re.compile(rf"{one}(?:\n{one})*")
+
+
+def validate_message_ids(
+    ids: Sequence[object], limits: Limits = DEFAULT_LIMITS, *, what: str = "message id"
+) -> tuple[str, ...]:
+    """``validate_message_id`` of each, with one C-level match for the common case
+    (printable ASCII ids: a 10,000-message archive's ledger)."""
+    if all(type(i) is str for i in ids) and (
+        not ids or _printable_ids(limits.max_message_id_length).fullmatch("\n".join(ids))  # type: ignore[arg-type]
+    ):
+        return tuple(ids)  # type: ignore[arg-type]
+    return tuple(validate_message_id(i, limits, what=what) for i in ids)
 
 
 def validate_namespace(namespace: object) -> str:

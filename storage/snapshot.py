@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import msgspec
 
 from storage.errors import AgentThreadsError, SnapshotCorrupt
-from storage.keys import validate_message_id, validate_thread_id
+from storage.keys import validate_message_id, validate_message_ids, validate_thread_id
 from storage.records import Message, decode_records, encode_state
 
 if TYPE_CHECKING:
@@ -280,8 +280,8 @@ def decode_snapshot(
     try:
         if not isinstance(index["ids"], list) or not isinstance(index["retired_ids"], list):
             raise SnapshotCorrupt("ids and retired_ids must be lists")
-        ids = tuple(validate_message_id(i) for i in index["ids"])
-        retired = tuple(validate_message_id(i) for i in index["retired_ids"])
+        ids = validate_message_ids(index["ids"])
+        retired = validate_message_ids(index["retired_ids"])
         turns = index.get("turns", [])
         if not isinstance(turns, list):
             raise SnapshotCorrupt("turns must be a list")
