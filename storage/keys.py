@@ -74,10 +74,14 @@ def validate_message_ids(
 ) -> tuple[str, ...]:
     """``validate_message_id`` of each, with one C-level match for the common case
     (printable ASCII ids: a 10,000-message archive's ledger)."""
-    if all(type(i) is str for i in ids) and (
-        not ids or _printable_ids(limits.max_message_id_length).fullmatch("\n".join(ids))  # type: ignore[arg-type]
-    ):
-        return tuple(ids)  # type: ignore[arg-type]
+    if all(type(i) is str for i in ids):
+        joined = "\n".join(ids)  # type: ignore[arg-type]
+        # the count: an id holding the separator must not pass as two
+        if not ids or (
+            joined.count("\n") == len(ids) - 1
+            and _printable_ids(limits.max_message_id_length).fullmatch(joined)
+        ):
+            return tuple(ids)  # type: ignore[arg-type]
     return tuple(validate_message_id(i, limits, what=what) for i in ids)
 
 
