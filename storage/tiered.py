@@ -4,10 +4,12 @@ The lifecycle of a thread between agent turns: ``flush`` archives it after a
 turn and frees Redis; ``hydrate`` restores it before the next turn. Neither may
 lose a write that races it:
 
-* flush reads the thread and its version in one script, uploads with
+* flush reads the thread's metadata and version in one script and then only the
+  records appended since its archive, in chunks (a rewrite in between is detected
+  and read again); it uploads them as one segment and the manifest with
   compare-and-swap (``If-Match`` the etag it last recorded, ``If-None-Match``
-  for a first archive) and then evicts in one script *only if* the version is
-  still the archived one and no lease is held. An append that lands during the
+  for a first archive; ``storage.archive``) and then evicts in one script *only
+  if* the version is still the archived one and no lease is held. An append that lands during the
   upload bumps the version, so the thread stays hot and the next flush
   archives it: nothing is ever deleted that was not archived.
 * a stale flush (an older version, e.g. a redelivered task) loses the CAS,
