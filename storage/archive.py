@@ -45,9 +45,12 @@ from storage.snapshot import (
     Compression,
     Snapshot,
     check_records,
+    checksum,
     decode_snapshot,
     decompress,
+    dumps,
     encode_snapshot,
+    loads,
 )
 
 if TYPE_CHECKING:
@@ -167,29 +170,11 @@ def part_name(kind: Literal["base", "segment"], first: int) -> str:
 # -- encoding -------------------------------------------------------------------
 
 
-def _dumps(value: object) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-
-
 def _gzip(raw: bytes) -> bytes:
     """Manifests and segments are small: gzip at the default level, whatever the
     store's compression (which applies to bases)."""
     packer = zlib.compressobj(DEFAULT_LEVELS["gzip"], zlib.DEFLATED, 31)
     return packer.compress(raw) + packer.flush()
-
-
-def _checksum(header: dict[str, Any], payload: bytes) -> str:
-    digest = hashlib.sha256(_dumps({k: v for k, v in header.items() if k != "checksum"}))
-    digest.update(b"\n")
-    digest.update(payload)
-    return "sha256:" + digest.hexdigest()
-
-
-def _loads(data: bytes, failure: str) -> Any:
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise SnapshotCorrupt(f"{failure} ({type(exc).__name__})") from exc
 
 
 def encode_manifest(snapshot: Snapshot, layout: Layout) -> bytes:
@@ -213,8 +198,8 @@ def encode_manifest(snapshot: Snapshot, layout: Layout) -> bytes:
     }
     if snapshot.last_merge is not None:
         header["last_merge"] = snapshot.last_merge
-    header["checksum"] = _checksum(header, b"")
-    return _gzip(_dumps(header))
+    header["checksum"] = checksum(header, b"")
+    return _gzip(dumps(header))
 
 
 def encode_segment(
@@ -234,8 +219,8 @@ def encode_segment(
         "count": len(records),
         "turns": sorted(turns),
     }
-    header["checksum"] = _checksum(header, payload)
-    return _gzip(_dumps(header) + b"\n" + payload), len(payload)
+    header["checksum"] = checksum(header, payload)
+    return _gzip(dumps(header) + b"\n" + payload), len(payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +237,7 @@ def decode_object(
     """The object at an archive's key: a whole schema-1 snapshot or a schema-2 manifest."""
     raw = decompress(data, max_bytes)
     first_line = raw.partition(b"\n")[0]
-    header = _loads(first_line, "archive header is not JSON")
+    header = loads(first_line, "archive header is not JSON")
     if isinstance(header, dict) and header.get("format") == MANIFEST_FORMAT:
         return _decode_manifest(header, raw, thread_id)
     return decode_snapshot(data, thread_id, max_bytes=max_bytes)
@@ -265,7 +250,7 @@ def _decode_manifest(header: dict[str, Any], raw: bytes, thread_id: str) -> Mani
         raise SnapshotCorrupt(
             f"manifest belongs to thread {header.get('thread_id')!r}, not {thread_id!r}"
         )
-    if header.get("checksum") != _checksum(header, b""):
+    if header.get("checksum") != checksum(header, b""):
         raise SnapshotCorrupt(f"manifest of {thread_id!r} fails its checksum")
     try:
         validate_thread_id(thread_id)
@@ -317,12 +302,12 @@ def decode_segment(
     is exactly ``part`` of this thread's incarnation."""
     raw = decompress(data, max_bytes)
     header_line, _, payload = raw.partition(b"\n")
-    header = _loads(header_line, f"segment {part.name} header is not JSON")
+    header = loads(header_line, f"segment {part.name} header is not JSON")
     if not isinstance(header, dict) or header.get("format") != SEGMENT_FORMAT:
         raise SnapshotCorrupt(f"part {part.name} of {thread_id!r} is not a segment")
     expected = (thread_id, epoch, part.first, part.count)
     found = tuple(header.get(k) for k in ("thread_id", "epoch", "first", "count"))
-    if found != expected or header.get("checksum") != _checksum(header, payload):
+    if found != expected or header.get("checksum") != checksum(header, payload):
         raise SnapshotCorrupt(f"segment {part.name} of {thread_id!r} fails its checks")
     records = payload.split(b"\n") if part.count else []
     if len(records) != part.count:

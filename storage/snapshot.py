@@ -81,19 +81,20 @@ class Snapshot:
         return decode_records(self.records)
 
 
-def _dumps(value: object) -> bytes:
+def dumps(value: object) -> bytes:
+    """Compact JSON (UTF-8, no ASCII escaping): headers, indexes and manifests."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _checksum(header: dict[str, Any], payload: bytes) -> str:
+def checksum(header: dict[str, Any], payload: bytes) -> str:
     """SHA-256 over the header without its checksum field, a newline, and the payload."""
-    digest = hashlib.sha256(_dumps({k: v for k, v in header.items() if k != "checksum"}))
+    digest = hashlib.sha256(dumps({k: v for k, v in header.items() if k != "checksum"}))
     digest.update(b"\n")
     digest.update(payload)
     return "sha256:" + digest.hexdigest()
 
 
-def _loads(data: bytes, failure: str) -> Any:
+def loads(data: bytes, failure: str) -> Any:
     """``json.loads`` that turns every failure (deep nesting included) into SnapshotCorrupt."""
     try:
         return json.loads(data)
@@ -115,7 +116,7 @@ def encode_snapshot(
     snapshot: Snapshot, compression: Compression = "gzip", level: int | None = None
 ) -> bytes:
     """Serialise and compress; records are concatenated as they are, not re-encoded."""
-    index = _dumps(
+    index = dumps(
         {
             "state": snapshot.state,
             "ids": snapshot.ids,
@@ -141,8 +142,8 @@ def encode_snapshot(
     }
     if snapshot.last_merge is not None:
         header["last_merge"] = snapshot.last_merge
-    header["checksum"] = _checksum(header, payload)
-    raw = _dumps(header) + b"\n" + payload
+    header["checksum"] = checksum(header, payload)
+    raw = dumps(header) + b"\n" + payload
     if compression == "gzip":
         packer = zlib.compressobj(level or DEFAULT_LEVELS["gzip"], zlib.DEFLATED, 31)
         return packer.compress(raw) + packer.flush()
@@ -256,7 +257,7 @@ def decode_snapshot(
     """Validate and decode; ``SnapshotCorrupt`` unless it is a sound snapshot of ``thread_id``."""
     raw = decompress(data, max_bytes)
     header_line, _, payload = raw.partition(b"\n")
-    header = _loads(header_line, "snapshot header is not JSON")
+    header = loads(header_line, "snapshot header is not JSON")
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise SnapshotCorrupt("object is not an agent-threads snapshot (foreign format)")
     if header.get("schema") != SCHEMA:
@@ -268,7 +269,7 @@ def decode_snapshot(
         raise SnapshotCorrupt(
             f"snapshot belongs to thread {header.get('thread_id')!r}, not {thread_id!r}"
         )
-    if header.get("checksum") != _checksum(header, payload):
+    if header.get("checksum") != checksum(header, payload):
         raise SnapshotCorrupt(f"snapshot of {thread_id!r} fails its checksum")
     count = _field(header, "count", int)
     lines = payload.split(b"\n")
@@ -276,7 +277,7 @@ def decode_snapshot(
         raise SnapshotCorrupt(
             f"snapshot of {thread_id!r} has {len(lines) - 1} records, not {count}"
         )
-    index = _loads(lines[0], f"snapshot index of {thread_id!r} is malformed: not JSON")
+    index = loads(lines[0], f"snapshot index of {thread_id!r} is malformed: not JSON")
     try:
         if not isinstance(index["ids"], list) or not isinstance(index["retired_ids"], list):
             raise SnapshotCorrupt("ids and retired_ids must be lists")
