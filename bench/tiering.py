@@ -406,16 +406,17 @@ class Bench:
             extra = message(size + cycle)
             self.hot.append(tid, [extra])
             self.r.rpush(raw_key, encode_batch([extra])[0].record)
-            source = self.hot.flush_source(tid, force=True).snapshot
-            assert source is not None
-            expected = encode_snapshot(source, "gzip")  # what our flush will upload
+            source = self.hot.snapshot(tid)
+            # what a whole-snapshot flush uploads (the floor); ours uploads a base once,
+            # then one segment and a manifest per cycle (bench.production measures that)
+            expected = encode_snapshot(source, "gzip")
             prefix = b"\n".join(gunzip_bytes(expected).split(b"\n", 2)[:2])  # header, index
             count = len(source.records)
             for who in ("ours", "floor") if cycle % 2 == 0 else ("floor", "ours"):
                 if who == "ours":
                     flush_time, flushed = timed(partial(threads.flush, tid))
                     assert (flushed.status, flushed.evicted) == ("archived", True), flushed
-                    assert flushed.size_bytes == len(expected)
+                    assert flushed.size_bytes > 0
                     hydrate_time, hydrated = timed(partial(threads.hydrate, tid))
                     assert (hydrated.status, hydrated.length) == ("restored", count), hydrated
                 else:
@@ -429,8 +430,7 @@ class Bench:
                     flush_ns[who].append(flush_time)
                     hydrate_ns[who].append(hydrate_time)
 
-        snapshot = self.hot.flush_source(tid, force=True).snapshot
-        assert snapshot is not None
+        snapshot = self.hot.snapshot(tid)
         threads.delete(tid)
         self.r.delete(raw_key)
         rows = [
