@@ -50,6 +50,7 @@ from storage.snapshot import (
     decompress,
     dumps,
     encode_snapshot,
+    identity,
     loads,
 )
 
@@ -182,15 +183,7 @@ def encode_manifest(snapshot: Snapshot, layout: Layout) -> bytes:
     header: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
         "schema": SCHEMA,
-        "thread_id": snapshot.thread_id,
-        "namespace": snapshot.namespace,
-        "version": snapshot.version,
-        "epoch": snapshot.epoch,
-        "created_ms": snapshot.created_ms,
-        "updated_ms": snapshot.updated_ms,
-        "parent": snapshot.parent,
-        "fork_point": snapshot.fork_point,
-        "creator": snapshot.creator,
+        **identity(snapshot),
         "head": snapshot.head,
         "count": layout.count,
         "state": snapshot.state,
