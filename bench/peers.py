@@ -80,6 +80,20 @@ return 1
 """
 
 
+def raw_rpush_ns(r: Any, key: str, recs: list[bytes]) -> int:
+    """The raw floor of an append, timed: one RPUSH, or one pipeline of RPUSH per record."""
+    if len(recs) == 1:
+        t0 = time.perf_counter_ns()
+        r.rpush(key, recs[0])
+        return time.perf_counter_ns() - t0
+    pipe = r.pipeline(transaction=False)
+    t0 = time.perf_counter_ns()
+    for rec in recs:
+        pipe.rpush(key, rec)
+    pipe.execute()
+    return time.perf_counter_ns() - t0
+
+
 def zeitlich_append(script: Any, ttl_ms: int, tid: str, msgs: list[dict[str, Any]]) -> int:
     """What the zeitlich client does per call: serialise each message, build the
     composite dedup key, one call of ``ZEITLICH_APPEND`` (``script``, registered with
@@ -242,17 +256,7 @@ class Bench:
 
         def raw(i: int) -> int:
             key = self._raw_list(tag, i, every)
-            recs = [record(i * size + k) for k in range(size)]
-            if size == 1:
-                t0 = time.perf_counter_ns()
-                self.r.rpush(key, recs[0])
-                return time.perf_counter_ns() - t0
-            pipe = self.r.pipeline(transaction=False)
-            t0 = time.perf_counter_ns()
-            for rec in recs:
-                pipe.rpush(key, rec)
-            pipe.execute()
-            return time.perf_counter_ns() - t0
+            return raw_rpush_ns(self.r, key, [record(i * size + k) for k in range(size)])
 
         def zeitlich(i: int) -> int:
             tid = self._zeitlich_thread(tag, i, every)

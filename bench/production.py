@@ -52,7 +52,7 @@ import redis.asyncio as aioredis
 from bench import harness
 from bench.harness import FileWriteCounter, S3PutCounter, Server, message
 from bench.hot_store import Stats
-from bench.peers import ZEITLICH_APPEND, RedisSession, measure, zeitlich_append
+from bench.peers import ZEITLICH_APPEND, RedisSession, measure, raw_rpush_ns, zeitlich_append
 from bench.tiering import RawFile, RawObject, RawS3Object, gunzip_bytes, gzip_bytes, s3_client
 from storage.records import encode_message
 from storage.tiered import Threads
@@ -177,17 +177,7 @@ class Append:
 
         def raw(i: int) -> int:
             key = self._raw(tag, i, every)
-            recs = [record(i * size + k) for k in range(size)]
-            if size == 1:
-                t0 = time.perf_counter_ns()
-                self.r.rpush(key, recs[0])
-                return time.perf_counter_ns() - t0
-            pipe = self.r.pipeline(transaction=False)
-            t0 = time.perf_counter_ns()
-            for rec in recs:
-                pipe.rpush(key, rec)
-            pipe.execute()
-            return time.perf_counter_ns() - t0
+            return raw_rpush_ns(self.r, key, [record(i * size + k) for k in range(size)])
 
         def zeitlich(i: int) -> int:
             tid = f"z{tag}-{i // every}"
