@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from storage.errors import AgentThreadsError
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 TOOLS: dict[str, Callable[..., Any]] = {}
@@ -42,3 +44,17 @@ def handlers(names: list[str] | None = None) -> dict[str, Callable[..., Any]]:
     if names is None:
         return dict(TOOLS)
     return {name: TOOLS[name] for name in names if name in TOOLS}
+
+
+class UnknownTool(AgentThreadsError, LookupError):
+    """A task offered the model tools that this worker has not registered."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(names)
+        self.names = names
+
+    def __str__(self) -> str:
+        return (
+            f"tools {', '.join(map(repr, self.names))} are not registered in this worker; "
+            f"register them with @adapters.tools.tool (registered: {', '.join(sorted(TOOLS))})"
+        )

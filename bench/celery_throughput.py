@@ -24,7 +24,7 @@ from celery import chain
 
 from storage.embedded import EmbeddedRedis
 from tasks.app import app, configure
-from tasks.processes import WorkerProcess
+from tasks.local.processes import WorkerProcess
 from tasks.turns import agent_turn
 
 BODY = {
@@ -92,7 +92,7 @@ def main() -> None:
             store.open(f"bench-{n}", "new")
         worker = WorkerProcess(
             {**os.environ, **env},
-            [app.conf.threads_queue, app.conf.task_default_queue],
+            [app.conf.agent_threads["queue"], app.conf.task_default_queue],
             name="bench",
             concurrency=options.concurrency,
         )

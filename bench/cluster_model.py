@@ -681,7 +681,7 @@ def start_workers(
     stack: ExitStack, cluster: RedisClusterServer, s3_url: str, mode: Mode, log_dir: Path
 ) -> TurnRig:
     from tasks.client import ThreadClient
-    from tasks.processes import WorkerProcess, client_app
+    from tasks.local.processes import WorkerProcess, client_app
 
     broker_server = stack.enter_context(EmbeddedRedis())
     base = f"redis://127.0.0.1:{broker_server.port}"

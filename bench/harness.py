@@ -22,7 +22,7 @@ from typing import Any
 from bench.tiering import _EPOCH, _LEVELS, _TOOLS, _WEIGHTS, _WORDS, _hex
 from storage.embedded import EmbeddedRedis, find_redis_server
 from storage.tiered import Threads
-from tasks.app import build_threads
+from tasks.stores import build_threads
 from tests.servers import MotoServer
 
 S3_KEY = "bench"

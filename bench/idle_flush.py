@@ -29,7 +29,7 @@ from typing import Any
 from storage.embedded import EmbeddedRedis
 from storage.tiered import Threads
 from tasks.app import app, configure
-from tasks.processes import WorkerProcess
+from tasks.local.processes import WorkerProcess
 
 BODY = {"role": "user", "content": "Which trains leave Zurich for Milan after 07:00? " * 20}
 
@@ -119,7 +119,7 @@ def main() -> None:
         )
         worker = WorkerProcess(
             {**os.environ, **env},
-            [app.conf.threads_queue, app.conf.task_default_queue],
+            [app.conf.agent_threads["queue"], app.conf.task_default_queue],
             name="idle-bench",
             concurrency=options.concurrency,
         )

@@ -24,7 +24,7 @@ from bench.celery_throughput import BODY
 from storage.embedded import EmbeddedRedis
 from storage.tiered import Threads
 from tasks.app import configure
-from tasks.demo import DEMO_MODEL, DEMO_TOOLS
+from tasks.local.demo import DEMO_MODEL, DEMO_TOOLS
 
 LEASE_MS = 20_000
 

@@ -8,8 +8,8 @@
 * every other error (invalid input, unknown thread, corrupt snapshot, a lost
   lease, ...) fails at once with its message; it would fail the same way again.
 
-The bounds come from the ``agent_threads`` settings (``AGENT_THREADS_MAX_RETRIES``,
-``_RETRY_BACKOFF``, ``_RETRY_BACKOFF_MAX``), read once when this module is imported.
+The bounds come from the task's app's ``agent_threads`` settings (``max_retries``,
+``retry_backoff``, ``retry_backoff_max``; tasks/settings.py), read at each retry.
 The delay before retry n is a random time between half and all of
 min(backoff_max, backoff * 2**n) seconds ("equal jitter", see ``retry_delay``):
 spread out like full jitter, but the retries of one task always span at least
@@ -25,6 +25,7 @@ import random
 from typing import Any
 
 from celery import Task
+from celery.utils.quorum_queues import detect_quorum_queues
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -36,8 +37,9 @@ from storage.errors import (
     LeaseHeld,
 )
 from storage.tiered import Threads
-from tasks import app as app_module
+from tasks.settings import retry_policy, settings_of
 from tasks.steps import run_step, step_of
+from tasks.stores import threads_for
 
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     HotStoreUnavailable,
@@ -47,9 +49,6 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
 )
-
-
-_POLICY = app_module.settings()
 
 
 def retry_delay(retries: int, backoff: float, maximum: float) -> float:
@@ -66,15 +65,18 @@ _OUTAGES = (HotStoreUnavailable, ColdStoreUnavailable, ColdStoreConflict)
 class ThreadTask(Task[Any, Any]):
     """Base class of the threads.* tasks (and a good base for your agent tasks)."""
 
+    agent_threads_task = True
+    """Marks agent-threads' tasks for its logs and metrics (tasks/observability)."""
     acks_late = True
     reject_on_worker_lost = True
     autoretry_for = TRANSIENT_ERRORS
     # Celery's own backoff stays off (it offers full jitter only): ``retry`` sets the
     # delay from these with ``retry_delay``.
     retry_backoff = False
-    backoff_seconds = float(_POLICY.get("retry_backoff", 1))  # 1, 2, 4, ... capped
-    retry_backoff_max = int(_POLICY.get("retry_backoff_max", 30))
-    max_retries = int(_POLICY.get("max_retries", 8))
+    # None: the app's agent_threads settings at each retry; a task may set its own
+    max_retries: int | None = None
+    backoff_seconds: float | None = None
+    backoff_max: float | None = None
     # expected failures are logged without a traceback
     throws = (AgentThreadsError,)
     # a turn's opening step stores no result (tasks/turns.py); its failure must still
@@ -94,13 +96,18 @@ class ThreadTask(Task[Any, Any]):
     ) -> Any:
         """Celery's retry, with the policy's delay (``retry_delay``) when none is given;
         when the retries are used up, an outage error says so."""
-        limit = self.max_retries if max_retries is None else max_retries
+        policy = retry_policy(self.app)
+        limit = max_retries if max_retries is not None else self.retry_limit
         used = self.request.retries
         if countdown is None and eta is None:
-            countdown = retry_delay(used, self.backoff_seconds, self.retry_backoff_max)
+            backoff = policy.backoff if self.backoff_seconds is None else self.backoff_seconds
+            cap = policy.backoff_max if self.backoff_max is None else self.backoff_max
+            countdown = retry_delay(used, backoff, cap)
+        if countdown is not None and 0 < countdown < 1 and delays_natively(self.app):
+            countdown = 1  # RabbitMQ's native delayed delivery refuses sub-second delays
         if isinstance(exc, _OUTAGES) and limit is not None and used >= limit:
             exc = type(exc)(f"{exc} (gave up after {used} retries)")
-        return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
+        return super().retry(args, kwargs, exc, throw, eta, countdown, limit, **options)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """A step of an ``agent_turn`` runs as the holder of its claim in the turn
@@ -115,12 +122,37 @@ class ThreadTask(Task[Any, Any]):
             step,
             lambda: self.run(*args, **kwargs),
             kwargs,
-            app_module.settings(),
+            self.settings,
         )
 
     @property
+    def retry_limit(self) -> int:
+        """How many times a transient error is retried: the task's own ``max_retries``,
+        else the app's ``agent_threads["max_retries"]``."""
+        if self.max_retries is not None:
+            return int(self.max_retries)
+        return retry_policy(self.app).max_retries
+
+    @property
     def threads(self) -> Threads:
-        return app_module.threads()
+        """This worker process's storage for the task's app."""
+        return threads_for(self.app)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The task's app's ``agent_threads`` settings over the defaults."""
+        return settings_of(self.app)
+
+
+def delays_natively(app: Any) -> bool:
+    """Whether a countdown on ``app``'s broker goes through RabbitMQ's native delayed
+    delivery (quorum queues), which counts whole seconds and refuses ``0 < countdown
+    < 1`` with a ValueError: a retry would become a rejected, dropped message."""
+    if not str(app.conf.broker_url or "").startswith(("amqp", "pyamqp")):
+        return False
+    with app.connection_for_write() as connection:
+        driver: str = connection.transport.driver_type
+    return bool(detect_quorum_queues(app, driver)[0])
 
 
 def to_json(result: Any) -> Any:

@@ -2,7 +2,7 @@
 between tiers, export and import them, and apply cold-tier retention.
 
 Settings come from the ``AGENT_THREADS_*`` environment variables (read by
-``celeryconfig``, see there); the storage options of the group (``--redis-url``,
+``tasks/service/config.py``, see there); the storage options of the group (``--redis-url``,
 ``--cold-url``, ``--namespace``, ``--s3-endpoint-url``) read the same variables
 and override them for one command. ``demo`` needs none: without
 ``AGENT_THREADS_REDIS_URL`` it starts an embedded redis-server, and without
@@ -49,9 +49,10 @@ from storage.snapshot import DEFAULT_MAX_SNAPSHOT_BYTES
 from storage.tiered import Threads
 from storage.turns import TurnStatus
 from tasks import ops
-from tasks.app import app, build_threads, configure, settings, threads
+from tasks.app import app, configure, settings, threads
 from tasks.client import ThreadClient
-from tasks.processes import WorkerProcess
+from tasks.local.processes import WorkerProcess
+from tasks.stores import build_threads
 from tasks.turns import Evict, Mode, agent_turn
 
 P = ParamSpec("P")
@@ -70,7 +71,7 @@ class _Context:
 
     def store(self) -> Threads:
         if not self.overrides:
-            return threads()  # this process's storage, from celeryconfig
+            return threads()  # this process's storage, from the service config
         if self.built is None:
             self.built = build_threads({**settings(), **self.overrides})
         return self.built
@@ -182,7 +183,7 @@ def main(
     """agent-threads: crash-safe conversation threads for AI agents on Celery.
 
     Storage options default to the AGENT_THREADS_* environment variables (see
-    celeryconfig.py). Durations are 90 (seconds), 90s, 30m, 2h, 7d or 1h30m.
+    tasks/service/config.py). Durations are 90 (seconds), 90s, 30m, 2h, 7d or 1h30m.
     """
     given = {
         "redis_url": redis_url,
@@ -207,7 +208,7 @@ def worker(ctx: click.Context) -> None:
     pool defaults to threads: the tasks wait on Redis, S3 and model APIs, and one
     process keeps one connection pool and one metrics registry.
     """
-    queues = f"{app.conf.threads_queue},{app.conf.task_default_queue}"
+    queues = f"{settings()['queue']},{app.conf.task_default_queue}"
     chosen = any(a in ("-P", "--pool") or a.startswith("--pool=") for a in ctx.args)
     pool = [] if chosen else ["--pool", "threads"]
     app.worker_main(["worker", "-Q", queues, "-l", "INFO", *pool, *ctx.args])
@@ -946,7 +947,8 @@ def demo(thread_id: str, provider: str, evict: Evict) -> None:
         for tid in (thread_id, fork_id):
             store.delete(tid)
         worker = WorkerProcess(
-            {**os.environ, **settings}, [app.conf.threads_queue, app.conf.task_default_queue],
+            {**os.environ, **settings},
+            [app.conf.agent_threads["queue"], app.conf.task_default_queue],
             name=f"demo-{uuid.uuid4().hex[:6]}",
         )  # fmt: skip
         worker.start()

@@ -37,8 +37,8 @@ from celery.result import AsyncResult
 from storage.errors import TurnFailed
 from storage.hot import HotStore
 from storage.turns import TurnStatus, TurnStore
-from tasks.app import app as default_app
-from tasks.app import hot_redis_from_settings
+from tasks.settings import default_app, settings_of
+from tasks.stores import hot_redis_from_settings
 from tasks.turns import Evict, Mode, plan_turn, turn_canvas
 
 
@@ -51,7 +51,7 @@ class ThreadClient:
         resend_after: float = 60.0,
         hot: HotStore | None = None,
     ) -> None:
-        self.app = app or default_app
+        self.app = app or default_app()
         self.timeout = timeout
         self.resend_after = resend_after
         self.resends = 0
@@ -62,7 +62,7 @@ class ThreadClient:
     @cached_property
     def turns(self) -> TurnStore:
         """The turn records, in the hot tier named by the app's ``agent_threads``."""
-        conf = self.app.conf.agent_threads
+        conf = settings_of(self.app)
         return TurnStore(HotStore(hot_redis_from_settings(conf), namespace=conf["namespace"]))
 
     def deliver(self, send: Callable[[], AsyncResult[Any]]) -> Any:
@@ -147,7 +147,7 @@ class ThreadClient:
             evict=evict,
             app=self.app,
         )
-        lease_ms = int(self.app.conf.agent_threads.get("lease_ttl_ms", 20_000))
+        lease_ms = int(settings_of(self.app)["lease_ttl_ms"])
         self.turns.submit(thread_id, turn_id, steps=spec["steps"], spec=spec, lease_ms=lease_ms)
         result: AsyncResult[Any] = turn_canvas(spec, 0, self.app, recorded=True).apply_async()
         return result

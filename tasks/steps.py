@@ -44,9 +44,11 @@ from celery.exceptions import Ignore, Retry
 from storage.errors import AgentThreadsError, LeaseHeld
 from storage.tiered import Threads
 from storage.turns import StepRun, StepSuperseded, step_context
-from tasks.logs import TURN_HEADER
 
 log = logging.getLogger(__name__)
+
+TURN_HEADER = "agent_threads_turn_id"
+"""Message header that ``agent_turn`` puts on each of its steps (turn id of the step)."""
 
 STEP_HEADER = "agent_threads_turn_step"
 """Message header: the step of the turn (an index into its steps, or "cleanup")."""

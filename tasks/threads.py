@@ -11,12 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from celery import Task, group
+from celery import Task, group, shared_task
 from celery.utils.log import get_task_logger
 
 from storage.records import JSON
 from storage.tiered import OpenMode
-from tasks.app import app, settings
 from tasks.base import TRANSIENT_ERRORS, ThreadTask, to_json
 from tasks.turns import turn_canvas
 
@@ -30,8 +29,9 @@ R = TypeVar("R")
 def thread_task(
     name: str, **options: Any
 ) -> Callable[[Callable[Concatenate[ThreadTask, P], R]], Task[P, R]]:
-    """Register a bound task under its public name with the ThreadTask retry policy."""
-    decorator: Callable[[Callable[Concatenate[ThreadTask, P], R]], Task[P, R]] = app.task(
+    """A bound ``shared_task`` (every app of the process has it) under its public name,
+    with the ThreadTask retry policy."""
+    decorator: Callable[[Callable[Concatenate[ThreadTask, P], R]], Task[P, R]] = shared_task(
         name=name, base=ThreadTask, bind=True, **options
     )
     return decorator
@@ -121,15 +121,15 @@ def delete(self: ThreadTask, thread_id: str) -> JSON:
 
 # A turn may wait behind another turn for minutes: more, longer retries than the
 # default policy (LeaseHeld is transient).
-@thread_task("threads.acquire_lease", max_retries=60, retry_backoff_max=20)
+@thread_task("threads.acquire_lease", max_retries=60, backoff_max=20)
 def acquire_lease(self: ThreadTask, thread_id: str, owner: str, ttl_ms: int | None = None) -> JSON:
-    lease = self.threads.acquire_lease(thread_id, owner, ttl_ms or settings()["lease_ttl_ms"])
+    lease = self.threads.acquire_lease(thread_id, owner, ttl_ms or self.settings["lease_ttl_ms"])
     return {"thread_id": thread_id, **to_json(lease)}
 
 
 # The opening of an agent turn (tasks/turns.py): it waits behind another turn's lease
 # as acquire_lease does.
-@thread_task("threads.open_turn", max_retries=60, retry_backoff_max=20)
+@thread_task("threads.open_turn", max_retries=60, backoff_max=20)
 def open_turn(
     self: ThreadTask,
     thread_id: str,
@@ -149,7 +149,7 @@ def open_turn(
     opened = self.threads.open(
         thread_id, mode, source=source_id, up_to_id=up_to_id, state=state, owner=owner
     )
-    lease = self.threads.acquire_lease(thread_id, owner, ttl_ms or settings()["lease_ttl_ms"])
+    lease = self.threads.acquire_lease(thread_id, owner, ttl_ms or self.settings["lease_ttl_ms"])
     if lease.finished:  # a late duplicate of a turn that ended: its messages are in
         return {"thread_id": thread_id, "opened": opened, "lease": to_json(lease)}
     try:
@@ -180,7 +180,7 @@ def flush_idle(
     and fan them out as ``threads.evict_idle`` tasks, in groups of ``idle_flush_batch``.
     One run per namespace at a time (a lock): a second beat's run does nothing. It does
     not wait for the evictions (a task must not block on other tasks)."""
-    conf = settings()
+    conf = self.settings
     idle = conf["idle_seconds"] if idle_seconds is None else idle_seconds
     most = conf.get("idle_flush_limit", 10_000) if limit is None else limit
     batch = max(1, int(conf.get("idle_flush_batch", 100)))
@@ -200,7 +200,7 @@ def flush_idle(
 def evict_idle(self: ThreadTask, thread_id: str, idle_seconds: float) -> JSON:
     """Flush and evict one idle thread unless it was written within ``idle_seconds``:
     "evicted" or "kept". A failure pushes the thread back in the index (backoff)."""
-    backoff = float(settings().get("idle_failure_backoff_seconds", 60))
+    backoff = float(self.settings.get("idle_failure_backoff_seconds", 60))
     outcome = self.threads.evict_idle(thread_id, idle_seconds, failure_backoff_seconds=backoff)
     return {"thread_id": thread_id, "outcome": outcome}
 
@@ -209,7 +209,7 @@ def evict_idle(self: ThreadTask, thread_id: str, idle_seconds: float) -> JSON:
 def reconcile_activity(self: ThreadTask, max_keys: int | None = None) -> JSON:
     """Beat task: re-index hot threads missing from the activity index (a worker died
     between a write and its index entry), scanning about ``max_keys`` keys per run."""
-    most = settings().get("reconcile_max_keys", 10_000) if max_keys is None else max_keys
+    most = self.settings.get("reconcile_max_keys", 10_000) if max_keys is None else max_keys
     report = self.threads.hot.reconcile_activity(max_keys=most)
     if report.reindexed:
         log.warning(
@@ -226,7 +226,9 @@ def reconcile_turns(self: ThreadTask, limit_per_shard: int | None = None) -> JSO
     that did not finish. Atomic per turn (``TurnStore.reconcile``): two runs at once,
     or a run racing a slow but living worker, never wake a turn twice."""
     most = (
-        settings().get("turn_reconcile_limit", 100) if limit_per_shard is None else limit_per_shard
+        self.settings.get("turn_reconcile_limit", 100)
+        if limit_per_shard is None
+        else limit_per_shard
     )
     report = self.threads.turns.reconcile(limit_per_shard=most)
     for wake in report.woken:
@@ -237,7 +239,7 @@ def reconcile_turns(self: ThreadTask, limit_per_shard: int | None = None) -> JSO
             wake.step,
             wake.status.wakes,
         )
-        turn_canvas(wake.spec, wake.step, app, recorded=True).apply_async()
+        turn_canvas(wake.spec, wake.step, self.app, recorded=True).apply_async()
     return {
         "due": report.due,
         "woken": [[w.thread_id, w.turn_id, w.step] for w in report.woken],

@@ -43,9 +43,8 @@ from celery import Celery, Signature, Task, chain
 from storage.errors import AgentThreadsError
 from storage.keys import validate_message_id, validate_thread_id
 from storage.records import encode_batch
-from tasks.app import app as default_app
-from tasks.logs import TURN_HEADER
-from tasks.steps import CLEANUP, SPEC_HEADER, STEP_HEADER
+from tasks.settings import default_app
+from tasks.steps import CLEANUP, SPEC_HEADER, STEP_HEADER, TURN_HEADER
 
 Mode = Literal["new", "continue", "fork"]
 Evict = Literal["idle", "turn"]
@@ -96,7 +95,7 @@ def plan_turn(
         validate_thread_id(source)
     if not run.task:
         raise InvalidTurnOption("run must be a signature of a task, e.g. my_agent.s()")
-    celery = app or run.app or default_app
+    celery = app or run.app or default_app()
     agent = celery.tasks.get(run.task)
     if isinstance(agent, Task) and not _is_thread_task(agent):
         raise InvalidTurnOption(
@@ -153,7 +152,7 @@ def turn_canvas(
     every step's outcome); the agent's result (``AsyncResult.parent`` of the turn's)
     and the flush's are stored. A failure of any step still reaches the turn's
     result (``ThreadTask.store_errors_even_if_ignored``)."""
-    celery = app or default_app
+    celery = app or default_app()
     thread_id, turn_id = spec["thread_id"], spec["turn_id"]
     queues: Mapping[str, str] = spec["queues"]
     folded = spec["steps"][0] == "open"
@@ -262,4 +261,4 @@ def agent_turn(
     turn until the idle flusher evicts it; "turn": evicted at the end of the turn).
     """
     spec = plan_turn(thread_id, new_messages, run, turn_id=turn_id, app=app, **options)
-    return turn_canvas(spec, 0, app or run.app or default_app)
+    return turn_canvas(spec, 0, app or run.app or default_app())

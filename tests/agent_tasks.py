@@ -9,8 +9,9 @@ from typing import Any
 
 from storage.errors import HotStoreUnavailable
 from storage.records import JSON
-from tasks.app import app, hot_redis_from_settings, settings
+from tasks.app import app, settings
 from tasks.base import ThreadTask
+from tasks.stores import hot_redis_from_settings
 
 
 @app.task(name="test.echo_agent", base=ThreadTask, bind=True)

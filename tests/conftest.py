@@ -157,7 +157,7 @@ def celery_stack(redis_server: EmbeddedRedis, s3_server: MotoServer) -> Iterator
         s3_endpoint_url=s3_server.url,
         ttl_seconds=3600,
     )
-    queues = [app.conf.threads_queue, app.conf.task_default_queue]
+    queues = [app.conf.agent_threads["queue"], app.conf.task_default_queue]
     with start_worker(
         app,
         pool="threads",

@@ -1,5 +1,5 @@
 """Server processes for the test harness: an S3 endpoint (moto's server) on loopback.
-(Real ``celery worker`` processes come from ``tasks.processes.WorkerProcess``.)
+(Real ``celery worker`` processes come from ``tasks.local.processes.WorkerProcess``.)
 
 Like ``storage.embedded.EmbeddedRedis``, each runs in the foreground of a
 ``subprocess.Popen`` and is always stopped with terminate/wait.

@@ -72,9 +72,10 @@ from adapters.scripted import ScriptedAdapter
 from storage.embedded import EmbeddedRedis
 from storage.records import Message
 from storage.tiered import Threads
-from tasks.app import build_threads, settings
+from tasks.app import settings
 from tasks.client import ThreadClient
-from tasks.processes import BeatProcess, WorkerProcess, client_app
+from tasks.local.processes import BeatProcess, WorkerProcess, client_app
+from tasks.stores import build_threads
 from tests.rabbitmq import DELAY_LEVELS, message_counts
 from tests.servers import s3_client_for
 

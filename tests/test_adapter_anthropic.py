@@ -21,7 +21,7 @@ from celery import Celery
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import tasks.anthropic_turns
+import tasks.models.anthropic
 from adapters.anthropic import MAX_CACHE_BREAKPOINTS, AnthropicAdapter
 from adapters.base import DanglingToolCall, ToolCall
 from adapters.tools import tool
@@ -494,7 +494,7 @@ def use_api(monkeypatch: pytest.MonkeyPatch) -> Callable[[FakeMessagesAPI], Fake
 
     def use(api: FakeMessagesAPI) -> FakeMessagesAPI:
         client = api.client()
-        monkeypatch.setattr(tasks.anthropic_turns, "client_factory", lambda: client)
+        monkeypatch.setattr(tasks.models.anthropic, "client_factory", lambda: client)
         return api
 
     return use
@@ -746,7 +746,7 @@ def test_a_turn_killed_inside_a_tool_resumes_without_repeating_stored_steps(
     api = use_api(FakeMessagesAPI((200, TWO_TOOLS), (200, api_message("Done."))))
     KILLS.append(WorkerKilled("the worker died in the booking call"))
     with pytest.raises(WorkerKilled):  # the first execution, in this process
-        tasks.anthropic_turns.run_turn(
+        tasks.models.anthropic.run_turn(
             thread_id="t1",
             turn_id="turn-1",
             model=MODEL,

@@ -19,7 +19,7 @@ from google.genai import types
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import tasks.google_turns as google_turns
+import tasks.models.google as google_turns
 from adapters.base import DanglingToolCall, ToolCall, reply_id, tool_result_id
 from adapters.google_genai import GoogleGenAIAdapter
 from adapters.tools import tool

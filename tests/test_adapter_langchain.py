@@ -25,7 +25,7 @@ from langchain_core.messages import (
 )
 from langchain_core.outputs import ChatGeneration, ChatResult
 
-import tasks.langchain_turns
+import tasks.models.langchain
 from adapters.base import DanglingToolCall, ToolCall, reply_id, tool_result_id
 from adapters.langchain import LangChainAdapter
 from adapters.tools import tool
@@ -33,7 +33,7 @@ from storage.cold import S3ColdStore
 from storage.records import Message
 from storage.tiered import Threads
 from tasks.app import threads as worker_threads
-from tasks.langchain_turns import is_transient
+from tasks.models.langchain import is_transient
 from tasks.turns import agent_turn
 
 TIMEOUT = 60
@@ -287,7 +287,7 @@ def app(
     assert isinstance(cold, S3ColdStore)
     for item in cold.client.list_objects_v2(Bucket=cold.bucket).get("Contents", []):
         cold.client.delete_object(Bucket=cold.bucket, Key=item["Key"])
-    monkeypatch.setattr(tasks.langchain_turns, "RETRY_BACKOFF", 0.05)
+    monkeypatch.setattr(tasks.models.langchain, "RETRY_BACKOFF", 0.05)
     PLAN.clear()
     INVOCATIONS.clear()
     yield celery_stack
@@ -548,7 +548,7 @@ def test_a_turn_killed_inside_a_tool_resumes_without_repeating_stored_steps(
     thread_id = looping
     KILLS.append(WorkerKilled("the worker died in the booking call"))
     with pytest.raises(WorkerKilled):  # the first execution, in this process
-        tasks.langchain_turns.run_turn(
+        tasks.models.langchain.run_turn(
             thread_id=thread_id, turn_id="turn-1", model_factory=TOOL_MODEL, run_tools=RUN_TOOLS
         )
     assert [r["id"] for r in store.load(thread_id)] == LOOP_IDS[:4]

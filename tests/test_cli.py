@@ -28,9 +28,10 @@ from storage.embedded import EmbeddedRedis
 from storage.snapshot import Snapshot
 from storage.tiered import Threads
 from tasks import ops
-from tasks.app import build_threads, settings
+from tasks.app import settings
 from tasks.app import threads as worker_threads
 from tasks.cli import main
+from tasks.stores import build_threads
 from tests.conftest import backdate, msg, redis_contents
 from tests.servers import MotoServer
 

@@ -362,7 +362,7 @@ def test_worker_runs_turns_and_a_cross_slot_fork_on_the_cluster(
     another slot; the broker is a separate single-node Redis."""
 
     from tasks.client import ThreadClient
-    from tasks.processes import WorkerProcess, client_app
+    from tasks.local.processes import WorkerProcess, client_app
 
     queues = ["cluster-threads", "cluster-default"]
     cold_root = tmp_path / "cold"

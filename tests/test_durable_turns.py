@@ -26,7 +26,7 @@ from storage.tiered import Threads
 from storage.turns import TurnStatus
 from tasks.app import settings
 from tasks.client import ThreadClient
-from tasks.processes import WorkerProcess, client_app
+from tasks.local.processes import WorkerProcess, client_app
 from tests.conftest import msg
 from tests.soak import without_model_sdks
 

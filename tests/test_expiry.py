@@ -17,7 +17,7 @@ import redis
 from storage import HotStore
 from storage.cold import ColdStore
 from storage.tiered import Threads
-from tasks.app import build_threads
+from tasks.stores import build_threads
 from tests.conftest import age_expiry, msg
 from tests.test_activity import commands_called, reset_command_stats
 
@@ -48,7 +48,7 @@ def test_unarchived_writes_carry_no_expiry_at_the_worker_defaults(
     redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     """The workers' own store (``build_threads`` with the shipped 24 h TTL)."""
-    from celeryconfig import agent_threads as defaults
+    from tasks.service.config import agent_threads as defaults
 
     settings = {
         **defaults,

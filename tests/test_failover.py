@@ -645,7 +645,7 @@ def test_append_tasks_survive_a_failover_at_the_default_timers(
     replica is promoted, none may be stored twice, and each producer's order holds."""
     import os
 
-    from tasks.processes import WorkerProcess, client_app
+    from tasks.local.processes import WorkerProcess, client_app
 
     queues = ["failover-threads", "failover-default"]
     cold_root = tmp_path / "cold"

@@ -41,15 +41,15 @@ import pytest
 import redis
 from celery.result import AsyncResult
 
-import celeryconfig
+import tasks.service.config as celeryconfig
 from storage import HotStore
 from storage.cold import S3ColdStore
 from storage.embedded import EmbeddedRedis
 from storage.errors import ColdStoreUnavailable, HotStoreUnavailable
 from storage.tiered import Threads
-from tasks.app import build_threads
 from tasks.client import ThreadClient
-from tasks.processes import WorkerProcess, client_app
+from tasks.local.processes import WorkerProcess, client_app
+from tasks.stores import build_threads
 from tests.conftest import msg, s3_client_for
 from tests.faultproxy import FaultProxy, Flaky
 from tests.servers import MotoServer

@@ -23,8 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from storage.embedded import EmbeddedRedis, free_port
 from storage.errors import ThreadNotFound
-from tasks import logs
-from tasks.processes import WorkerProcess, client_app
+from tasks.local.processes import WorkerProcess, client_app
+from tasks.observability import logs
 from tasks.turns import agent_turn
 from tests.conftest import msg
 

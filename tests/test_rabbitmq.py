@@ -17,11 +17,11 @@ import pytest
 import redis
 from celery import Celery
 
-from celeryconfig import broker_settings
 from storage import HotStore
 from storage.embedded import EmbeddedRedis
 from tasks.client import ThreadClient
-from tasks.processes import WorkerProcess, client_app
+from tasks.local.processes import WorkerProcess, client_app
+from tasks.service.config import broker_settings
 from tests.conftest import msg
 from tests.rabbitmq import DELAY_LEVELS, RabbitMQServer, Vhost, message_counts
 from tests.soak import without_model_sdks

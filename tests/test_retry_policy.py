@@ -16,13 +16,20 @@ from celery import Celery
 
 from storage.errors import HotStoreUnavailable, LeaseHeld
 from tasks.base import ThreadTask
+from tasks.settings import DEFAULTS
 
 DEFAULT_CLUSTER_NODE_TIMEOUT_S = 15.0
 
 
-def countdowns(monkeypatch: pytest.MonkeyPatch, error: Exception, **options: Any) -> list[float]:
+def countdowns(
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+    settings: dict[str, Any] | None = None,
+    **options: Any,
+) -> list[float]:
     """The countdown of every retry a ThreadTask task asks for, with the jitter at its
-    least favourable (the shortest waits), through Celery's own autoretry."""
+    least favourable (the shortest waits), through Celery's own autoretry. ``settings``
+    are set as the app's ``agent_threads`` after the task was defined."""
     app = Celery("retry-policy", set_as_current=False)
     app.conf.task_always_eager = True
     seen: list[float] = []
@@ -50,8 +57,9 @@ def countdowns(monkeypatch: pytest.MonkeyPatch, error: Exception, **options: Any
     def flaky(self: ThreadTask) -> None:
         raise error
 
-    limit = flaky.max_retries
-    assert limit is not None
+    if settings is not None:
+        app.conf.agent_threads = settings
+    limit = flaky.retry_limit
     for n in range(limit):
         flaky.apply(retries=n)
     return seen
@@ -61,7 +69,7 @@ def test_transient_retries_outlast_a_failover_at_the_shipped_policy(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     waits = countdowns(monkeypatch, HotStoreUnavailable("Redis unavailable during append"))
-    assert len(waits) == ThreadTask.max_retries == 8
+    assert len(waits) == DEFAULTS["max_retries"] == 8
     assert sum(waits) >= 4 * DEFAULT_CLUSTER_NODE_TIMEOUT_S, waits
     assert waits == sorted(waits)  # still exponential: 0.5, 1, 2, 4, 8, 15, 15, 15
 
@@ -69,7 +77,17 @@ def test_transient_retries_outlast_a_failover_at_the_shipped_policy(
 def test_a_turn_waiting_for_the_lease_waits_minutes(monkeypatch: pytest.MonkeyPatch) -> None:
     """threads.acquire_lease's own bounds (60 retries, steps capped at 20 s)."""
     waits = countdowns(
-        monkeypatch, LeaseHeld("t", "other-turn", 1000), max_retries=60, retry_backoff_max=20
+        monkeypatch, LeaseHeld("t", "other-turn", 1000), max_retries=60, backoff_max=20
     )
     assert len(waits) == 60
     assert sum(waits) >= 9 * 60, sum(waits)
+
+
+def test_the_policy_is_read_from_the_apps_config_when_a_task_retries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A user's app configured after our tasks were imported (its celery.py loads the
+    config later) still gets its own policy: nothing is frozen at import time."""
+    settings = {"max_retries": 3, "retry_backoff": 2, "retry_backoff_max": 5}
+    waits = countdowns(monkeypatch, HotStoreUnavailable("Redis unavailable"), settings)
+    assert waits == [1.0, 2.0, 2.5]  # half of 2, 4, min(5, 8): the shortest equal jitter

@@ -17,7 +17,7 @@ from storage import HotStore
 from storage.cold import FileColdStore
 from storage.embedded import EmbeddedRedis
 from storage.tiered import Threads
-from tasks.metrics import InstrumentedThreads
+from tasks.observability.metrics import InstrumentedThreads
 from tests.conftest import msg
 from tests.test_activity import commands_called, indexed, reset_command_stats
 

@@ -46,8 +46,8 @@ from storage.embedded import (
     EmbeddedRedis,
 )
 from storage.tiered import Threads
-from tasks.app import build_threads, hot_redis_from_settings
-from tasks.processes import WorkerProcess, client_app
+from tasks.local.processes import WorkerProcess, client_app
+from tasks.stores import build_threads, hot_redis_from_settings
 from tests.conftest import msg, redis_contents, s3_client_for
 from tests.servers import MotoServer
 
@@ -104,7 +104,7 @@ def publish_raw(app: Celery, task: str, body: bytes, content_type: str) -> str:
     """Put a hand-made task-protocol-2 message on the threads queue, as any client of
     the broker could; returns its task id."""
     task_id = f"raw-{uuid.uuid4().hex}"
-    queue = app.amqp.queues[app.conf.threads_queue]
+    queue = app.amqp.queues[app.conf.agent_threads["queue"]]
     headers = {
         "lang": "py",
         "task": task,
@@ -179,7 +179,7 @@ def test_pickled_task_message_is_rejected_and_never_executed(
     assert isinstance(refused[0].exc_info[1], ContentDisallowed)
     assert "untrusted content of type pickle" in str(refused[0].exc_info[1])
     # refused for good: neither waiting in the queue nor held for redelivery
-    queue = app.conf.threads_queue
+    queue = app.conf.agent_threads["queue"]
     assert all(task_id.encode() not in raw for raw in broker.lrange(queue, 0, -1))
     assert all(task_id.encode() not in raw for raw in broker.hvals("unacked"))
     hot.close()

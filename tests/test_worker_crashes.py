@@ -25,7 +25,7 @@ from storage.cold import FileColdStore
 from storage.embedded import EmbeddedRedis
 from storage.tiered import Threads
 from tasks.client import ThreadClient
-from tasks.processes import BeatProcess, WorkerProcess, client_app
+from tasks.local.processes import BeatProcess, WorkerProcess, client_app
 from tests.conftest import msg
 from tests.rabbitmq import Vhost
 from tests.soak import without_model_sdks

@@ -6,9 +6,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from celery import shared_task
+
 from adapters.scripted import ScriptedAdapter, ScriptedModel
 from storage.records import JSON
-from tasks.app import app
 from tasks.base import ThreadTask
 
 DEMO_MODEL = ScriptedModel(
@@ -38,7 +39,7 @@ def seats(train: str) -> str:
 DEMO_TOOLS: dict[str, Callable[..., Any]] = {"timetable": timetable, "seats": seats}
 
 
-@app.task(name="demo.scripted_agent", base=ThreadTask, bind=True)
+@shared_task(name="demo.scripted_agent", base=ThreadTask, bind=True)
 def scripted_agent(self: ThreadTask, thread_id: str, turn_id: str, think_ms: int = 0) -> JSON:
     """The agent loop of the shared ``Adapter.run_agent``: every model reply and tool
     result is stored under an id derived from the turn, so a redelivered, retried or

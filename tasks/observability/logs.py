@@ -6,8 +6,11 @@ process) that runs the task, so concurrent tasks of a threads-pool worker never
 see each other's ids. ``TaskContextFilter`` copies it onto every log record and
 the formatters write it:
 
-* ``AGENT_THREADS_LOG_FORMAT=json``: one JSON object per line (python-json-logger);
-* otherwise ``key=value`` text (logfmt), readable by people and by Loki/Vector.
+* ``log_format="json"``: one JSON object per line (python-json-logger);
+* ``"text"``: ``key=value`` text (logfmt), readable by people and by Loki/Vector.
+
+Nothing happens at import: ``connect()`` (called by ``tasks.observability.enable``)
+connects the receivers, which act for the apps switched on (see there).
 
 Fields appear when known: ``thread_id`` (the task's ``thread_id`` argument),
 ``task_id``, ``task`` (its name), ``turn_id`` (the ``agent_turn`` the task is a
@@ -44,8 +47,9 @@ from celery.signals import (
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
-TURN_HEADER = "agent_threads_turn_id"
-"""Message header that ``agent_turn`` puts on each of its steps (turn id of the step)."""
+from tasks.observability import OFF, log_format, observed, observes
+from tasks.settings import settings_of
+from tasks.steps import TURN_HEADER
 
 CONTEXT_FIELDS = ("thread_id", "task_id", "task", "turn_id")
 """The fields ``TaskContextFilter`` adds to records, in output order."""
@@ -116,7 +120,6 @@ def context_of(
     )
 
 
-@task_prerun.connect(weak=False)
 def _enter_task(
     sender: Task[Any, Any] | None = None,
     task_id: str | None = None,
@@ -124,8 +127,9 @@ def _enter_task(
     kwargs: Mapping[str, Any] | None = None,
     **_: Any,
 ) -> None:
-    if sender is None:
+    if not observes(sender):
         return
+    assert sender is not None
     token = _current.set(context_of(sender, task_id, args or (), kwargs or {}))
     stack = _tokens.get(None)
     if stack is None:
@@ -134,10 +138,9 @@ def _enter_task(
     stack.append(token)
 
 
-@task_postrun.connect(weak=False)
 def _leave_task(sender: Task[Any, Any] | None = None, **_: Any) -> None:
     stack = _tokens.get(None)
-    if sender is not None and stack:
+    if observes(sender) and stack:
         _current.reset(stack.pop())
 
 
@@ -337,27 +340,20 @@ def install(logger: logging.Logger, log_format: str) -> None:
             handler.addFilter(TaskContextFilter())
 
 
-def _configured_format() -> str:
-    from tasks.app import settings  # the app module imports this one
-
-    return str(settings().get("log_format", "text"))
-
-
-@after_setup_logger.connect(weak=False)
-@after_setup_task_logger.connect(weak=False)
 def _structure_celery_logs(logger: logging.Logger | None = None, **_: Any) -> None:
     """After Celery set up its handlers (root and ``celery.task``), keep them (file,
     level, stdout redirection) and replace only their format, adding the context."""
-    if logger is not None:
-        install(logger, _configured_format())
+    chosen = log_format()
+    if logger is not None and chosen is not None:
+        install(logger, chosen)
 
 
-@worker_ready.connect(weak=False)
 def _log_settings(sender: Any = None, **_: Any) -> None:
     """One line with the worker's storage settings, URLs redacted."""
-    from tasks.app import settings
-
-    conf = settings()
+    app = getattr(sender, "app", None)
+    if app is None or observed(app) == OFF:
+        return
+    conf = settings_of(app)
     logging.getLogger(__name__).info(
         "agent-threads worker ready",
         extra={
@@ -368,3 +364,12 @@ def _log_settings(sender: Any = None, **_: Any) -> None:
             "metrics_port": conf.get("metrics_port") or "off",
         },
     )
+
+
+def connect() -> None:
+    """Connect the receivers (``tasks.observability.enable`` calls this once)."""
+    task_prerun.connect(_enter_task, weak=False)
+    task_postrun.connect(_leave_task, weak=False)
+    after_setup_logger.connect(_structure_celery_logs, weak=False)
+    after_setup_task_logger.connect(_structure_celery_logs, weak=False)
+    worker_ready.connect(_log_settings, weak=False)

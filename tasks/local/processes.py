@@ -1,4 +1,5 @@
-"""Worker processes: start, stop and kill a real ``celery worker`` for this app."""
+"""Local processes for the demo and the tests: start, stop and kill a real ``celery
+worker`` (or beat) of the service app, and a producer app that talks to them."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from typing import Any
 
 from celery import Celery
 
-from celeryconfig import broker_settings
-from tasks.app import AgentThreadsCelery
+from tasks.service.config import broker_settings
 
 
 def client_app(name: str, env: Mapping[str, str], queues: Sequence[str]) -> Celery:
@@ -22,8 +22,8 @@ def client_app(name: str, env: Mapping[str, str], queues: Sequence[str]) -> Cele
     ``env`` and ``queues``: their broker, results and hot tier (the turn records),
     their queue and exchange types (RabbitMQ's quorum queues), ``threads.*`` routed
     to the first queue and every other task to the last."""
-    app = AgentThreadsCelery(name)
-    app.config_from_object("celeryconfig")
+    app = Celery(name)
+    app.config_from_object("tasks.service.config")
     hot: dict[str, Any] = {
         key: env[f"AGENT_THREADS_{key.upper()}"]
         for key in ("redis_url", "namespace")
@@ -35,7 +35,8 @@ def client_app(name: str, env: Mapping[str, str], queues: Sequence[str]) -> Cele
         broker_url=env["AGENT_THREADS_BROKER_URL"],
         **broker_settings(env["AGENT_THREADS_BROKER_URL"], env),
         result_backend=env["AGENT_THREADS_RESULT_BACKEND"],
-        agent_threads={**app.conf.agent_threads, **hot},  # where the turn records are
+        # where the turn records are; threads.* go to the first queue
+        agent_threads={**app.conf.agent_threads, **hot, "queue": queues[0]},
         task_routes={"threads.*": {"queue": queues[0]}},
         task_default_queue=queues[-1],
     )

@@ -7,22 +7,22 @@ turn finds its reply stored and does not call the model again. With ``run_tools`
 once and is answered, and the model is asked again until it calls no tool; a
 retried task resumes from its last stored step.
 
-The model comes from ``model_factory="package.module:function"``, a zero-argument
-function returning a ``BaseChatModel``, resolved in the worker (a model object
-cannot travel as JSON). LangChain has no common error type for provider errors,
-so ``is_transient`` recognises rate limits, overloads and 429/5xx by shape; those
-are retried with exponential backoff and full jitter, everything else fails at once.
+The message names its model (``model="claude-fast"``), a factory the worker has
+registered (``adapters.models``), and its tools by registered name: a message never
+names code. LangChain has no common error type for provider errors, so
+``is_transient`` recognises rate limits, overloads and 429/5xx by shape; those are
+retried with exponential backoff and full jitter, everything else fails at once.
 """
 
 from __future__ import annotations
 
-import importlib
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from celery import shared_task
+
 from storage.records import JSON
-from tasks.app import app
 from tasks.base import ThreadTask
 
 # Backoff of a transient provider error: RETRY_BACKOFF * 2**retries seconds, capped at
@@ -52,17 +52,6 @@ def backoff(retries: int) -> float:
     return random.uniform(0, min(RETRY_BACKOFF_MAX, RETRY_BACKOFF * 2**retries))  # noqa: S311
 
 
-def resolve(path: str) -> Any:
-    """The object at ``"package.module:attribute"``."""
-    module_name, sep, attribute = path.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ValueError(f"import path {path!r} must look like 'package.module:attribute'")
-    target: Any = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        target = getattr(target, part)
-    return target
-
-
 try:
     from langchain_core.language_models import BaseChatModel
     from langchain_core.messages import BaseMessage
@@ -71,27 +60,32 @@ except ImportError:  # the langchain extra is not installed: register nothing
 else:
     from adapters.base import DEFAULT_MAX_STEPS, IntegrityPolicy, InterruptedPolicy
     from adapters.langchain import LangChainAdapter
-    from adapters.tools import handlers
+    from adapters.models import factory_of
+    from adapters.tools import TOOLS, UnknownTool, handlers
 
-    def build_model(model_factory: str, tools: Sequence[str] | None) -> Any:
-        """The chat model of ``model_factory``, with ``tools`` bound if given."""
-        factory: Callable[[], Any] = resolve(model_factory)
-        model = factory()
+    def build_model(
+        name: str, tools: Sequence[str] | None, configured: Mapping[str, str] | None = None
+    ) -> Any:
+        """The chat model registered as ``name``, with the registered ``tools`` bound."""
+        model = factory_of(name, configured)()
         if not isinstance(model, BaseChatModel):
             raise TypeError(
-                f"model_factory {model_factory!r} returned {type(model).__name__}, "
+                f"the factory of model {name!r} returned {type(model).__name__}, "
                 "not a langchain_core BaseChatModel"
             )
         if tools:
-            return model.bind_tools([resolve(path) for path in tools])
+            missing = [tool for tool in tools if tool not in TOOLS]
+            if missing:
+                raise UnknownTool(missing)
+            return model.bind_tools([TOOLS[tool] for tool in tools])
         return model
 
-    @app.task(name="adapters.langchain.run_turn", base=ThreadTask, bind=True)
+    @shared_task(name="adapters.langchain.run_turn", base=ThreadTask, bind=True)
     def run_turn(
         self: ThreadTask,
         thread_id: str,
         turn_id: str,
-        model_factory: str,
+        model: str,
         tools: list[str] | None = None,
         rewind: bool = False,
         integrity: IntegrityPolicy | None = None,
@@ -100,15 +94,16 @@ else:
         on_interrupted: InterruptedPolicy = "rerun",
     ) -> JSON:
         """A LangChain model turn on ``thread_id``, every reply and tool result stored
-        exactly once. ``tools`` are import paths of the tools bound to the model (what
-        it is offered); ``run_tools`` the registered tools this worker runs (None: one
+        exactly once. ``model`` is a registered model name (``adapters.models``);
+        ``tools`` the registered tools (``adapters.tools``) bound to it (what it is
+        offered); ``run_tools`` the registered tools this worker runs (None: one
         model call, the caller runs the tools the reply asks for)."""
         adapter = LangChainAdapter(self.threads)
         models: list[Any] = []  # built at the first model call, once per execution
 
         def call_model(request: dict[str, Any]) -> BaseMessage:
             if not models:
-                models.append(build_model(model_factory, tools))
+                models.append(build_model(model, tools, self.settings["langchain_models"]))
             try:
                 reply: BaseMessage = models[0].invoke(request["messages"])
             except Exception as exc:

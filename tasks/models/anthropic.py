@@ -18,11 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from celery import shared_task
+
 from adapters.anthropic import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, AnthropicAdapter
 from adapters.base import DEFAULT_MAX_STEPS, IntegrityPolicy, InterruptedPolicy
 from adapters.tools import handlers
 from storage.records import JSON
-from tasks.app import app
 from tasks.base import TRANSIENT_ERRORS, ThreadTask
 
 try:
@@ -52,7 +53,7 @@ if anthropic is not None:
         if isinstance(error, type)
     )
 
-    @app.task(
+    @shared_task(
         name="adapters.anthropic.run_turn",
         base=ThreadTask,
         bind=True,

@@ -1,8 +1,10 @@
 """Prometheus metrics of a worker, and the storage wrapper that records them.
 
-Off unless ``AGENT_THREADS_METRICS_PORT`` is set: the worker then serves
-``http://<addr>:<port>/metrics`` from its main process (started once, on
-``worker_init``). Metric names and labels are in ``docs/observability.md``.
+Off until switched on for an app (``tasks.observability.enable``); with the settings'
+``metrics_port`` the worker then serves ``http://<addr>:<port>/metrics`` from its main
+process (started once, on ``worker_init``). Importing this module registers the
+metrics in prometheus_client's registry and connects nothing (``connect()`` does).
+Metric names and labels are in ``docs/observability.md``.
 
 Where the numbers come from:
 
@@ -53,6 +55,8 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from storage.errors import AgentThreadsError, LeaseHeld, LeaseLost
 from storage.results import AppendResult, FlushResult, HydrateResult, IdleFlushReport, Lease
 from storage.tiered import Threads
+from tasks.observability import observed, observes
+from tasks.settings import settings_of
 
 log = logging.getLogger(__name__)
 
@@ -283,9 +287,8 @@ class InstrumentedThreads(Threads):
 _started: contextvars.ContextVar[list[float]] = contextvars.ContextVar("agent_threads_started")
 
 
-@task_prerun.connect(weak=False)
 def _task_started(sender: Task[Any, Any] | None = None, **_: Any) -> None:
-    if sender is None:
+    if sender is None or not observes(sender, metrics=True):
         return
     TASKS_IN_PROGRESS.labels(sender.name).inc()
     stack = _started.get(None)
@@ -295,11 +298,10 @@ def _task_started(sender: Task[Any, Any] | None = None, **_: Any) -> None:
     stack.append(time.perf_counter())
 
 
-@task_postrun.connect(weak=False)
 def _task_finished(
     sender: Task[Any, Any] | None = None, state: str | None = None, **_: Any
 ) -> None:
-    if sender is None:
+    if sender is None or not observes(sender, metrics=True):
         return
     TASKS_IN_PROGRESS.labels(sender.name).dec()
     stack = _started.get(None)
@@ -309,13 +311,14 @@ def _task_finished(
         )
 
 
-@task_retry.connect(weak=False)
 def _task_retried(
     sender: Task[Any, Any] | None = None,
     request: Any = None,
     reason: Any = None,
     **_: Any,
 ) -> None:
+    if not observes(sender, metrics=True):
+        return
     # ``reason`` is Celery's Retry; ``reason.exc`` the error that caused it.
     error = getattr(reason, "exc", None) or (reason if isinstance(reason, BaseException) else None)
     name = sender.name if sender is not None else "unknown"
@@ -336,10 +339,11 @@ def _task_retried(
     )
 
 
-@task_failure.connect(weak=False)
 def _task_failed(
     sender: Task[Any, Any] | None = None, exception: BaseException | None = None, **_: Any
 ) -> None:
+    if not observes(sender, metrics=True):
+        return
     name = sender.name if sender is not None else "unknown"
     TASK_FAILURES.labels(name, _error_name(exception)).inc()
     log.warning(
@@ -403,22 +407,20 @@ def serve(port: int, addr: str = "0.0.0.0", *, prefork: bool = False) -> str:  #
 _report: str | None = None
 
 
-@worker_init.connect(weak=False)
 def _serve_worker_metrics(sender: Any = None, **_: Any) -> None:
     # Before the pool starts: prefork children must not find stale files, and the
     # endpoint is up even while the broker is unreachable.
     global _report
     app = getattr(sender, "app", None)
-    if app is None:
+    if app is None or not observed(app).metrics:
         return
-    conf: Mapping[str, Any] = app.conf.get("agent_threads") or {}
+    conf: Mapping[str, Any] = settings_of(app)
     port = int(conf.get("metrics_port") or 0)
     if port:
         addr = str(conf.get("metrics_addr") or "0.0.0.0")  # noqa: S104
         _report = serve(port, addr, prefork=_uses_prefork(sender))
 
 
-@worker_ready.connect(weak=False)
 def _log_metrics_endpoint(**_: Any) -> None:
     global _report
     report, _report = _report, None
@@ -426,7 +428,6 @@ def _log_metrics_endpoint(**_: Any) -> None:
         log.log(logging.INFO if report.startswith("metrics on") else logging.WARNING, report)
 
 
-@worker_shutdown.connect(weak=False)
 def _stop_serving(**_: Any) -> None:
     global _server
     server, _server = _server, None
@@ -435,9 +436,20 @@ def _stop_serving(**_: Any) -> None:
         server[0].server_close()
 
 
-@worker_process_shutdown.connect(weak=False)
 def _pool_child_exits(**_: Any) -> None:
     """A prefork child ends: drop its live gauges from the multiprocess sum."""
     directory = multiprocess_dir()
     if directory:
         mark_process_dead(os.getpid(), directory)  # type: ignore[no-untyped-call]
+
+
+def connect() -> None:
+    """Connect the receivers (``tasks.observability.enable`` calls this once)."""
+    task_prerun.connect(_task_started, weak=False)
+    task_postrun.connect(_task_finished, weak=False)
+    task_retry.connect(_task_retried, weak=False)
+    task_failure.connect(_task_failed, weak=False)
+    worker_init.connect(_serve_worker_metrics, weak=False)
+    worker_ready.connect(_log_metrics_endpoint, weak=False)
+    worker_shutdown.connect(_stop_serving, weak=False)
+    worker_process_shutdown.connect(_pool_child_exits, weak=False)

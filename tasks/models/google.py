@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from celery import shared_task
+
 from adapters.base import DEFAULT_MAX_STEPS, IntegrityPolicy, InterruptedPolicy
 from adapters.tools import handlers
 from storage.errors import AgentThreadsError
 from storage.records import JSON
-from tasks.app import app
 from tasks.base import TRANSIENT_ERRORS, ThreadTask
 
 try:
@@ -51,7 +52,7 @@ if genai is not None:
     client_factory: Callable[[], genai.Client] = lambda: genai.Client()  # noqa: E731
     """Builds the client of each model call; reads GOOGLE_API_KEY etc. (tests replace it)."""
 
-    @app.task(
+    @shared_task(
         name="adapters.google_genai.run_turn",
         base=ThreadTask,
         bind=True,
