@@ -50,15 +50,24 @@ class CeleryProcess:
 
     stop_timeout = 20.0
 
-    def __init__(self, env: dict[str, str], *, log_path: str | None, cwd: str | None) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        *,
+        log_path: str | None,
+        cwd: str | None,
+        celery_app: str = "tasks.app",
+    ) -> None:
         self.env = env
+        self.celery_app = celery_app
+        """The ``-A`` argument: the service's app, or a user project's."""
         self.log_path = log_path
         self.cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     def _spawn(self, arguments: list[str]) -> None:
-        command = [sys.executable, "-m", "celery", "-A", "tasks.app", *arguments]
+        command = [sys.executable, "-m", "celery", "-A", self.celery_app, *arguments]
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(  # noqa: S603 - our own argv, no shell
             command,
@@ -108,8 +117,9 @@ class WorkerProcess(CeleryProcess):
         cwd: str | None = None,
         loglevel: str = "WARNING",
         beat_schedule: str | None = None,
+        celery_app: str = "tasks.app",
     ) -> None:
-        super().__init__(env, log_path=log_path, cwd=cwd)
+        super().__init__(env, log_path=log_path, cwd=cwd, celery_app=celery_app)
         self.beat_schedule = beat_schedule
         """With a path: the worker also runs the beat (``-B``), its schedule kept there."""
         self.queues = queues
