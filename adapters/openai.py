@@ -305,9 +305,14 @@ _RESPONSES_USAGE = {
 
 
 def _is_response(message: Any) -> bool:
+    """A ``Response`` or its JSON (an input item has a ``type`` or a ``role``)."""
     if _field(message, "object") == "response":
         return True
-    return isinstance(message, Mapping) and "output" in message and "type" not in message
+    return (
+        isinstance(message, Mapping)
+        and isinstance(message.get("output"), list)
+        and not {"type", "role"} & set(message)
+    )
 
 
 def _response_output(message: Any) -> Any:
