@@ -60,11 +60,23 @@ def tool_result_id(turn_id: str, call_id: str) -> str:
 
 @dataclass(frozen=True)
 class ToolCall:
-    """One tool call a model reply makes."""
+    """One tool call a model reply makes. ``kind`` is the provider's type of call
+    where a format has several whose results differ (OpenAI Responses: a
+    "custom_tool_call" is answered by a "custom_tool_call_output"); "" otherwise."""
 
     id: str
     name: str
     args: Any
+    kind: str = ""
+
+
+@dataclass(frozen=True)
+class UnreadableArguments:
+    """A tool call's arguments that do not parse (e.g. JSON cut off at the output
+    token limit): ``run_tool`` answers the call with an error and never runs it."""
+
+    raw: str
+    error: str
 
 
 class TooManySteps(AgentThreadsError):
@@ -158,6 +170,17 @@ class Adapter(ABC):
         ``output_tokens`` and ``model`` when known; None if it reports none."""
         return None
 
+    def call_result_body(self, call: ToolCall, content: Any, *, is_error: bool = False) -> JSON:
+        """The result of ``call`` the agent loop stores: ``tool_result_body`` of its id,
+        unless a format shapes results by the kind of call (``ToolCall.kind``)."""
+        return self.tool_result_body(call.id, content, is_error=is_error)
+
+    def repair_body(self, call_body: JSON, call_id: str, reason: str) -> JSON:
+        """The synthetic error result "repair" inserts for ``call_id``, which the body
+        ``call_body`` made: ``tool_error_body`` unless the result's shape depends on
+        the call's."""
+        return self.tool_error_body([call_id], reason)
+
     # -- thread helpers (idempotent: every write carries a caller-chosen id) ----------
 
     def append_user(self, thread_id: str, message_id: str, text: str) -> None:
@@ -228,6 +251,27 @@ class Adapter(ABC):
         """A fork transform: cut the history before the first unanswered tool call."""
         return self.apply_integrity("", records, "truncate")
 
+    def results_beside_calls(self, records: Sequence[Message]) -> list[Message]:
+        """``records`` with each record that only answers tool calls (role "tool")
+        moved up to just after the call record it answers and that record's other
+        results, when something else (e.g. a user message) came between them: APIs
+        that want the results of a reply's calls right after it (OpenAI's) would
+        refuse the history otherwise. Order is kept everywhere else."""
+        groups: list[list[Message]] = []
+        group_of: dict[str, int] = {}  # call id -> the group its call record opened
+        for record in records:
+            body = record["body"]
+            answers = self.tool_result_ids(body)
+            if answers and self.role(body) == "tool":
+                group = next((group_of[c] for c in answers if c in group_of), None)
+                if group is not None:
+                    groups[group].append(record)
+                    continue
+            groups.append([record])
+            for call_id in self.tool_call_ids(body):
+                group_of[call_id] = len(groups) - 1
+        return [record for group in groups for record in group]
+
     def apply_integrity(
         self, thread_id: str, records: list[Message], policy: IntegrityPolicy
     ) -> list[Message]:
@@ -247,7 +291,7 @@ class Adapter(ABC):
             repaired.append(record)
             missing = [c for c in self.tool_call_ids(record["body"]) if dangling.get(c) == index]
             for n, call_id in enumerate(missing):  # one synthetic result per call
-                body = self.tool_error_body([call_id], reason)
+                body = self.repair_body(record["body"], call_id, reason)
                 repaired.append({"id": f"{record['id']}:repaired:{n}", "body": body})
         return repaired
 
@@ -365,23 +409,26 @@ class Adapter(ABC):
             raise StepSuperseded(f"turn {turn_id!r}: not running tool call {call.id!r}")
         function = handlers.get(call.name)
         if runs > 1 and on_interrupted == "error":
-            body = self.tool_result_body(
-                call.id,
+            body = self.call_result_body(
+                call,
                 f"tool call {call.id} ({call.name}) was interrupted and was not run again",
                 is_error=True,
             )
         elif function is None:
-            body = self.tool_result_body(call.id, f"unknown tool {call.name!r}", is_error=True)
+            body = self.call_result_body(call, f"unknown tool {call.name!r}", is_error=True)
+        elif isinstance(call.args, UnreadableArguments):
+            error = f"the arguments are not valid JSON ({call.args.error}): {call.args.raw!r}"
+            body = self.call_result_body(call, error, is_error=True)
         else:
             try:
                 output = (
                     function(**call.args) if isinstance(call.args, dict) else function(call.args)
                 )
-                body = self.tool_result_body(call.id, output)
+                body = self.call_result_body(call, output)
             except StepSuperseded:
                 raise
             except Exception as exc:  # the model sees the failure and may recover
-                body = self.tool_result_body(call.id, f"{type(exc).__name__}: {exc}", is_error=True)
+                body = self.call_result_body(call, f"{type(exc).__name__}: {exc}", is_error=True)
         self.threads.append(thread_id, [{"id": rid, "body": body}], owner=turn_id)
         self.threads.turns.tool_end(thread_id, turn_id, call.id)
         return body
