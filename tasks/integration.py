@@ -32,7 +32,12 @@ BEAT_ENTRIES = {
 }
 """Beat entry name -> (task, the setting that holds its period in seconds)."""
 
-MODEL_MODULES = ("tasks.models.anthropic", "tasks.models.google", "tasks.models.langchain")
+MODEL_MODULES = (
+    "tasks.models.anthropic",
+    "tasks.models.google",
+    "tasks.models.langchain",
+    "tasks.models.openai",
+)
 """Model-turn tasks; each module registers its task only if its SDK is installed."""
 
 

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionAssistantMessageParam
 from openai.types.responses import Response
 
-import tasks.openai_turns
+import tasks.models.openai
 from adapters.base import DanglingToolCall, ToolCall
 from adapters.openai import (
     ASSISTANT_PARAM_KEYS,
@@ -776,7 +776,7 @@ def use_api(monkeypatch: pytest.MonkeyPatch) -> Callable[[FakeOpenAI], FakeOpenA
 
     def use(api: FakeOpenAI) -> FakeOpenAI:
         client = api.client()
-        monkeypatch.setattr(tasks.openai_turns, "client_factory", lambda: client)
+        monkeypatch.setattr(tasks.models.openai, "client_factory", lambda: client)
         return api
 
     return use
@@ -950,14 +950,14 @@ def test_the_servers_retry_hint_overrides_the_status() -> None:
         body = {"message": "m", "type": "t", "code": code}
         return openai.OpenAI(api_key="k")._make_status_error("m", body=body, response=reply)
 
-    assert tasks.openai_turns.is_transient(error(409, None))
-    assert tasks.openai_turns.is_transient(error(408, None))
-    assert not tasks.openai_turns.is_transient(error(500, "false"))
-    assert tasks.openai_turns.is_transient(error(400, "true"))
-    assert not tasks.openai_turns.is_transient(error(422, None))
-    assert not tasks.openai_turns.is_transient(error(429, None, "insufficient_quota"))
-    assert tasks.openai_turns.is_transient(openai.APITimeoutError(request))
-    assert not tasks.openai_turns.is_transient(ValueError("not an API error"))
+    assert tasks.models.openai.is_transient(error(409, None))
+    assert tasks.models.openai.is_transient(error(408, None))
+    assert not tasks.models.openai.is_transient(error(500, "false"))
+    assert tasks.models.openai.is_transient(error(400, "true"))
+    assert not tasks.models.openai.is_transient(error(422, None))
+    assert not tasks.models.openai.is_transient(error(429, None, "insufficient_quota"))
+    assert tasks.models.openai.is_transient(openai.APITimeoutError(request))
+    assert not tasks.models.openai.is_transient(ValueError("not an API error"))
 
 
 # -- the agent loop: tool calls run once each ------------------------------------------------------
