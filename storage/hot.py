@@ -15,7 +15,7 @@ import contextlib
 import itertools
 import json
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from functools import cache
 from importlib import resources
@@ -77,6 +77,7 @@ from storage.results import (
     StateResult,
     ThreadInfo,
     TruncateResult,
+    UpsertResult,
     WriteResult,
 )
 from storage.snapshot import Snapshot, decode_last_merge
@@ -107,6 +108,7 @@ _SCRIPT_NAMES = (
     "truncate",
     "replace",
     "put_record",
+    "upsert",
     "save_state",
     "load_state",
     "delete",
@@ -694,6 +696,56 @@ class HotStore:
         expected = _expected(expected_version)
         args = [self._ttl_ms, expected, "1" if first else "0", item.id, item.record]
         return self._written(thread_id, expected_version, self._call("put_record", keys.data, args))
+
+    def upsert(
+        self,
+        thread_id: str,
+        messages: Iterable[Mapping[str, Any]],
+        *,
+        replace: Collection[str] = (),
+        index: bool = False,
+    ) -> UpsertResult:
+        """Write records by id in one script: an id the thread has never seen is
+        appended; a known id is skipped (the first write wins) unless it is in
+        ``replace``, then its record is replaced in place if it differs (the last write
+        wins). Retired ids are skipped either way. Ids must be unique in the batch and
+        every id in ``replace`` must be in it. ``index`` as in ``append``.
+
+        A replacement is a rewrite of the list (the next flush uploads a new base),
+        an append is not; see docs/storage.md.
+        """
+        keys = self.keys(thread_id)
+        batch = encode_batch(messages, self.limits, unique=True)
+        replacing = set(replace)
+        stray = replacing - {item.id for item in batch}
+        if stray:
+            raise InvalidMessage(
+                f"replace names ids that are not in the batch: {sorted(map(str, stray))[:5]}"
+            )
+        script_keys = keys.data
+        member = ""
+        if index and self._index_in_script:
+            script_keys = [*script_keys, self.layout.activity_of(thread_id)]
+            member = thread_id
+        args: list[Any] = [self._ttl_ms, self.activity_refresh_ms, member]
+        for item in batch:
+            args += ("r" if item.id in replacing else "i", item.id, item.record)
+        reply = self._redis_call(lambda: self._evalsha("upsert", script_keys, args), "upsert")
+        _, flags, length, version, due = self._checked(thread_id, reply)
+        flags = _text(flags)
+        by_flag: dict[str, list[str]] = {"0": [], "1": [], "2": []}
+        for item, flag in zip(batch, flags, strict=True):
+            by_flag[flag].append(item.id)
+        if due and index and not member:
+            self.mark_active(thread_id)
+        return UpsertResult(
+            appended_ids=tuple(by_flag["1"]),
+            replaced_ids=tuple(by_flag["2"]),
+            unchanged_ids=tuple(by_flag["0"]),
+            length=int(length),
+            version=int(version),
+            index_due=bool(due),
+        )
 
     def _written(self, thread_id: str, expected: int | None, reply: Any) -> WriteResult:
         """The ``WriteResult`` of a replace or put_record reply, or its typed error."""

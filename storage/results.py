@@ -24,6 +24,21 @@ class AppendResult:
 
 
 @dataclass(frozen=True, slots=True)
+class UpsertResult:
+    """What an upsert did to each record of the batch, in input order: appended (a new
+    id), replaced (a ``replace`` id whose record differed) or unchanged (a known id
+    not to replace, an identical record, or a retired id)."""
+
+    appended_ids: tuple[str, ...]
+    replaced_ids: tuple[str, ...]
+    unchanged_ids: tuple[str, ...]
+    length: int
+    version: int
+    index_due: bool = True
+    """As ``AppendResult.index_due``."""
+
+
+@dataclass(frozen=True, slots=True)
 class ForkResult:
     """``created`` is False when the fork already existed (a repeated call)."""
 

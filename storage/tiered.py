@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
@@ -65,6 +65,7 @@ from storage.results import (
     IdleFlushReport,
     Lease,
     TruncateResult,
+    UpsertResult,
     WriteResult,
 )
 from storage.snapshot import Snapshot
@@ -660,6 +661,20 @@ class Threads:
         )
         self.hot.mark_active(thread_id)
         return result
+
+    def upsert(
+        self,
+        thread_id: str,
+        messages: Iterable[Mapping[str, Any]],
+        *,
+        replace: Collection[str] = (),
+    ) -> UpsertResult:
+        """``HotStore.upsert`` (append new ids, replace those in ``replace``), hydrating
+        a cold thread first; one round trip with the activity index, like ``append``."""
+        batch = list(messages)
+        return self._hot(
+            thread_id, lambda: self.hot.upsert(thread_id, batch, replace=replace, index=True)
+        )
 
     def load(self, thread_id: str, start: int = 0, stop: int = -1) -> list[Message]:
         return self._hot(thread_id, lambda: self.hot.load(thread_id, start, stop))
