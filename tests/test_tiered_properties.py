@@ -7,6 +7,8 @@ read from ``storage/lua/*.lua`` and ``storage/tiered.py``:
 * the dedup ledger: an id is skipped while it is listed or *retired*; ``replace_all``
   retires every id that leaves the list (a late redelivery cannot bring it back),
   ``truncate_from`` *forgets* the ids it drops (a rewind may append them again);
+* ``upsert`` appends ids the ledger does not hold (forgotten ones too), replaces a
+  listed id named in ``replace`` when its record differs, and skips every other id;
 * ``version`` is 1 after create/fork and +1 per mutation that changed something;
 * ``fork`` copies the records up to and including ``up_to_id``, the whole ledger
   (retired ids stay retired, listed ids past the cut are forgotten) and the state;
@@ -301,6 +303,58 @@ class TieredMachine(RuleBasedStateMachine):
         expected = self.expect_append(thread, batch)
         result = self.threads.append(tid, batch)
         assert (result.appended_ids, result.skipped_ids, result.length, result.version) == expected
+
+    @rule(data=st.data())
+    def upsert(self, data: st.DataObject) -> None:
+        """New ids are appended; known ones kept unless listed in ``replace`` (then
+        replaced in place if they differ); retired ids are skipped either way."""
+        tid = self.pick(data)
+        thread = self.touch(tid)
+        known = sorted(thread.seen | thread.forgotten) if thread else []
+        old = data.draw(st.lists(st.sampled_from([*known, *POOL_IDS]), unique=True, max_size=4))
+        extra = data.draw(st.lists(st.tuples(st.none(), bodies), max_size=2), label="new")
+        edit = data.draw(st.integers(0, 1), label="edit")
+        batch = [{"id": mid, "body": f"upsert {mid} {edit}"} for mid in old] + self.messages(extra)
+        batch = data.draw(st.permutations(batch), label="order")
+        ids = [m["id"] for m in batch]
+        chosen = st.lists(st.sampled_from(ids), unique=True) if ids else st.just([])
+        replace = set(data.draw(chosen, label="replace"))
+        if thread is None:
+            with pytest.raises(ThreadNotFound):
+                self.threads.upsert(tid, batch, replace=replace)
+            return
+        appended, replaced, unchanged = [], [], []
+        for message in batch:
+            mid = message["id"]
+            if mid not in thread.seen:
+                thread.records.append(message)
+                thread.forgotten.discard(mid)
+                appended.append(mid)
+            elif mid in replace and mid in thread.listed:
+                pos = thread.listed.index(mid)
+                if encoded(thread.records[pos]) != encoded(message):
+                    thread.records[pos] = message
+                    replaced.append(mid)
+                else:
+                    unchanged.append(mid)
+            else:
+                unchanged.append(mid)
+        if appended or replaced:
+            thread.bump()
+        result = self.threads.upsert(tid, batch, replace=replace)
+        assert (
+            result.appended_ids,
+            result.replaced_ids,
+            result.unchanged_ids,
+            result.length,
+            result.version,
+        ) == (
+            tuple(appended),
+            tuple(replaced),
+            tuple(unchanged),
+            len(thread.records),
+            thread.version,
+        )
 
     @rule(data=st.data())
     def truncate_from(self, data: st.DataObject) -> None:
