@@ -1,4 +1,7 @@
-"""agent-threads storage: the Redis hot tier (and, later, the S3 cold tier).
+"""agent-threads storage: the Redis hot tier (``hot.py``, one Lua script per mutation),
+the cold tier (``cold.py``: S3 or files; ``archive.py``: a CAS-protected manifest over
+a base and append-only segments), and ``tiered.py`` ``Threads``, which moves threads
+between them (hydrate, flush, evict, lease, turns).
 
 No Celery and no provider SDK is imported here.
 """
