@@ -236,6 +236,17 @@ def decode_object(
     return decode_snapshot(data, thread_id, max_bytes=max_bytes)
 
 
+def thread_id_in(data: bytes, *, max_bytes: int = DEFAULT_MAX_SNAPSHOT_BYTES) -> str | None:
+    """The thread id an archive object's header names, or None if it names none;
+    the object is decoded and checked in full when it is read."""
+    try:
+        header = loads(decompress(data, max_bytes).partition(b"\n")[0], "not JSON")
+    except AgentThreadsError:
+        return None
+    found = header.get("thread_id") if isinstance(header, dict) else None
+    return found if isinstance(found, str) else None
+
+
 def _decode_manifest(header: dict[str, Any], raw: bytes, thread_id: str) -> Manifest:
     if header.get("schema") != SCHEMA or b"\n" in raw.strip():
         raise SnapshotCorrupt(f"manifest schema {header.get('schema')!r} is not supported")

@@ -16,7 +16,7 @@ import hashlib
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +30,7 @@ from storage.archive import (
     Manifest,
     decode_object,
     read_archive,
+    thread_id_in,
     write_base,
 )
 from storage.errors import (
@@ -38,7 +39,12 @@ from storage.errors import (
     ColdStoreError,
     ColdStoreUnavailable,
 )
-from storage.keys import validate_namespace, validate_thread_id
+from storage.keys import (
+    decode_thread_id,
+    encode_thread_id,
+    validate_namespace,
+    validate_thread_id,
+)
 from storage.snapshot import (
     DEFAULT_MAX_SNAPSHOT_BYTES,
     Compression,
@@ -109,9 +115,28 @@ class ColdStore(Protocol):
 
 
 def object_key(prefix: str, thread_id: str) -> str:
-    """``prefix/<2-hex shard>/<tid>.json.gz``: the shard spreads keys over S3 partitions."""
+    """``prefix/<2-hex shard>/<name>.json.gz``: the shard spreads keys over S3
+    partitions; the name is ``object_name(thread_id)``."""
     shard = hashlib.sha256(validate_thread_id(thread_id).encode()).hexdigest()[:2]
-    return f"{prefix}/{shard}/{thread_id}.json.gz" if prefix else f"{shard}/{thread_id}.json.gz"
+    name = object_name(thread_id)
+    return f"{prefix}/{shard}/{name}.json.gz" if prefix else f"{shard}/{name}.json.gz"
+
+
+MAX_NAME_LENGTH = 160
+"""Longest encoded id used as an object name; file systems allow 255 bytes a name,
+and the name gets suffixes (``.json.gz.lock``, temporaries, ``.parts``)."""
+_DIGEST = "="  # encode_thread_id writes "=" as %3D, so no other name starts with it
+
+
+def object_name(thread_id: str) -> str:
+    """A thread's object name: ``encode_thread_id(thread_id)`` (the id itself for a
+    plain id), or for an encoding over ``MAX_NAME_LENGTH`` characters ``=`` and the
+    SHA-256 of the id. A digest-named archive's manifest holds the id, which reads
+    check and listings return."""
+    name = encode_thread_id(thread_id)
+    if len(name) <= MAX_NAME_LENGTH:
+        return name
+    return _DIGEST + hashlib.sha256(thread_id.encode("utf-8")).hexdigest()
 
 
 def parts_prefix(prefix: str, thread_id: str) -> str:
@@ -136,15 +161,21 @@ def namespaced_prefix(prefix: str, namespace: str | None) -> str:
 _SUFFIX = ".json.gz"
 
 
-def thread_id_of_key(prefix: str, key: str) -> str | None:
+def thread_id_of_key(prefix: str, key: str, read_id: Callable[[str], str | None]) -> str | None:
     """The thread id whose ``object_key`` is ``key``, or None for any other object
-    (foreign files, temporaries, a wrong shard)."""
+    (foreign files, temporaries, a wrong shard). ``read_id(key)`` gives the id a
+    digest-named archive holds (one read; only ids too long to be a name)."""
     name = key.rpartition("/")[2]
     if not name.endswith(_SUFFIX):
         return None
-    thread_id = name[: -len(_SUFFIX)]
+    name = name[: -len(_SUFFIX)]
+    if name.startswith(_DIGEST):
+        found = read_id(key)
+        thread_id = found if found is not None and object_name(found) == name else None
+    else:
+        thread_id = decode_thread_id(name)
     try:
-        return thread_id if object_key(prefix, thread_id) == key else None
+        return thread_id if thread_id is not None and object_key(prefix, thread_id) == key else None
     except AgentThreadsError:  # not a valid thread id
         return None
 
@@ -294,6 +325,10 @@ class S3ColdStore:
     def read_object(self, thread_id: str) -> tuple[bytes, str] | None:
         return self._get(self.key(thread_id), thread_id, "read")
 
+    def _id_in(self, key: str) -> str | None:
+        found = self._get(key, key, "read")
+        return None if found is None else thread_id_in(found[0], max_bytes=self.max_snapshot_bytes)
+
     def get_part(self, thread_id: str, name: str) -> bytes | None:
         found = self._get(self._part_key(thread_id, name), thread_id, f"read of part {name}")
         return None if found is None else found[0]
@@ -392,7 +427,7 @@ class S3ColdStore:
         try:
             for page in pages:
                 for item in page.get("Contents", []):
-                    thread_id = thread_id_of_key(self.prefix, item["Key"])
+                    thread_id = thread_id_of_key(self.prefix, item["Key"], self._id_in)
                     if thread_id is not None and thread_id.startswith(prefix):
                         modified = item["LastModified"].astimezone(UTC)
                         yield ColdObject(thread_id, int(item["Size"]), modified)
@@ -463,6 +498,10 @@ class FileColdStore:
     def read_object(self, thread_id: str) -> tuple[bytes, str] | None:
         data = self._read_bytes(self.path(thread_id))
         return None if data is None else (data, self._etag(data))
+
+    def _id_in(self, key: str) -> str | None:
+        data = self._read_bytes(self.root / key)
+        return None if data is None else thread_id_in(data, max_bytes=self.max_snapshot_bytes)
 
     def _parts_dir(self, thread_id: str) -> Path:
         return self.root / parts_prefix(self.prefix, thread_id)
@@ -587,7 +626,7 @@ class FileColdStore:
                     if self.prefix
                     else f"{shard}/{entry.name}"
                 )
-                thread_id = thread_id_of_key(self.prefix, key)
+                thread_id = thread_id_of_key(self.prefix, key, self._id_in)
                 if thread_id is None or not thread_id.startswith(prefix):
                     continue
                 try:

@@ -1,8 +1,9 @@
 """The hot-tier key layout and id validation.
 
-Every key of one thread carries the thread id as a Redis Cluster hash tag
-(``ns:{tid}:msgs``), so all of a thread's keys live in one slot and each Lua
-script touches a single slot. Key names are built here and nowhere else.
+Every key of one thread carries the thread id, encoded by ``encode_thread_id``,
+as a Redis Cluster hash tag (``ns:{tid}:msgs``), so all of a thread's keys live
+in one slot and each Lua script touches a single slot. Key names are built here
+and nowhere else; cold object names use the same encoding (storage/cold.py).
 """
 
 from __future__ import annotations
@@ -16,29 +17,73 @@ from dataclasses import dataclass
 from storage.errors import InvalidMessage, InvalidThreadId
 from storage.limits import DEFAULT_LIMITS, Limits
 
-# No braces (hash tags), no whitespace, no slashes: ids are safe in Redis keys,
-# S3 object keys and file names alike. A leading "." is refused so that an id
-# can never be "." or ".." or a hidden file.
-_THREAD_ID = re.compile(r"[A-Za-z0-9_:-][A-Za-z0-9._:-]*", re.ASCII)
+# The ids of earlier versions: printable ASCII without braces, whitespace or
+# slashes. Their keys and object names are the id itself, so the wider id space
+# below changes nothing stored for them.
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_:-][A-Za-z0-9._:-]*", re.ASCII)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:-]|^\.", re.ASCII)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
 _PRINTABLE_ASCII_ID = re.compile(r"[\x21-\x7e]+")  # the common case, checked in C
 _NAMESPACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:-]{0,63}", re.ASCII)
+_ESCAPE = re.compile(r"%([0-9A-F]{2})")
+
+MAX_THREAD_ID_BYTES = 512
+"""The longest thread id any deployment accepts, in UTF-8 bytes."""
 
 
 def validate_thread_id(thread_id: object, limits: Limits = DEFAULT_LIMITS) -> str:
-    """Return ``thread_id`` if it is 1..128 chars of ``[A-Za-z0-9._:-]`` not starting with ``.``."""
+    """Return ``thread_id`` if it is a thread id: any string of 1..512 UTF-8 bytes
+    (``Limits.max_thread_id_bytes``) without control characters (Unicode category
+    Cc: newlines, tabs, NUL, DEL, C1) or lone surrogates. Spaces, slashes, ``@``,
+    braces and any other Unicode are allowed; keys and object names encode them."""
     if not isinstance(thread_id, str):
         raise InvalidThreadId(f"thread id must be a string, got {type(thread_id).__name__}")
-    if not 1 <= len(thread_id) <= limits.max_thread_id_length:
+    if len(thread_id) <= limits.max_thread_id_bytes and _PLAIN_ID.fullmatch(thread_id):
+        return thread_id
+    try:
+        size = len(thread_id.encode("utf-8"))
+    except UnicodeEncodeError:
         raise InvalidThreadId(
-            f"thread id must be 1..{limits.max_thread_id_length} characters, "
-            f"got {len(thread_id)}: {thread_id[:40]!r}"
+            f"thread id {thread_id[:64]!r} is not valid Unicode (a lone surrogate)"
+        ) from None
+    if not 1 <= size <= limits.max_thread_id_bytes:
+        raise InvalidThreadId(
+            f"thread id must be 1..{limits.max_thread_id_bytes} UTF-8 bytes, "
+            f"got {size}: {thread_id[:40]!r}"
         )
-    if not _THREAD_ID.fullmatch(thread_id):
+    if _CONTROL.search(thread_id):
         raise InvalidThreadId(
-            f"invalid thread id {thread_id[:64]!r}: use only A-Z a-z 0-9 . _ : - "
-            "and do not start with '.'"
+            f"invalid thread id {thread_id[:64]!r}: control characters (newline, tab, NUL, "
+            "DEL, C1) are not allowed"
         )
     return thread_id
+
+
+def encode_thread_id(thread_id: str) -> str:
+    """The id as it appears in Redis keys and cold object names: itself when it is
+    a plain id (``[A-Za-z0-9._:-]``, not starting with ``.``), otherwise every
+    other character (and a leading ``.``) as ``%XX`` of its UTF-8 bytes. Injective,
+    never a brace, slash or whitespace, and no plain id contains ``%``."""
+    if _PLAIN_ID.fullmatch(thread_id):
+        return thread_id
+    return _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m[0].encode("utf-8")), thread_id)
+
+
+def decode_thread_id(text: str) -> str | None:
+    """The thread id whose ``encode_thread_id`` is ``text``; None for any other text."""
+    pieces: list[bytes] = []
+    position = 0
+    try:
+        for match in _ESCAPE.finditer(text):
+            pieces.append(text[position : match.start()].encode("utf-8"))
+            pieces.append(bytes([int(match[1], 16)]))
+            position = match.end()
+        pieces.append(text[position:].encode("utf-8"))
+        decoded = b"".join(pieces).decode("utf-8")
+        validate_thread_id(decoded)
+    except (UnicodeError, InvalidThreadId):
+        return None
+    return decoded if encode_thread_id(decoded) == text else None
 
 
 def validate_message_id(
@@ -97,13 +142,16 @@ def validate_namespace(namespace: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ThreadKeys:
-    """The Redis keys of one thread; all share the hash tag ``{thread_id}``."""
+    """The Redis keys of one thread; all share the hash tag ``{tag}``, where ``tag``
+    is ``encode_thread_id(thread_id)``: no id can close the tag early or name
+    another id's keys."""
 
     namespace: str
     thread_id: str
+    tag: str
 
     def _key(self, suffix: str) -> str:
-        return f"{self.namespace}:{{{self.thread_id}}}:{suffix}"
+        return f"{self.namespace}:{{{self.tag}}}:{suffix}"
 
     @property
     def msgs(self) -> str:
@@ -187,7 +235,7 @@ class KeyLayout:
         validate_namespace(self.namespace)
 
     def thread(self, thread_id: str) -> ThreadKeys:
-        return ThreadKeys(self.namespace, thread_id)
+        return ThreadKeys(self.namespace, thread_id, encode_thread_id(thread_id))
 
     @property
     def activity_shards(self) -> list[str]:
@@ -242,8 +290,7 @@ class KeyLayout:
         head, tail = f"{self.namespace}:{{", "}:meta"
         if not (text.startswith(head) and text.endswith(tail)):
             return None
-        thread_id = text[len(head) : -len(tail)]
-        return thread_id if thread_id and "{" not in thread_id else None
+        return decode_thread_id(text[len(head) : -len(tail)])
 
 
 ACTIVITY_SHARDS = 64

@@ -11,8 +11,8 @@ MIB = 1024 * 1024
 class Limits:
     """Configurable limits; every violation raises a typed error before a write.
 
-    The id *character sets* are fixed (they keep keys Cluster-safe and printable);
-    their maximum lengths are configurable down from the documented maxima.
+    The id rules are fixed (storage/keys.py); their maximum lengths are
+    configurable down from the documented maxima.
     """
 
     max_message_bytes: int = MIB
@@ -23,15 +23,16 @@ class Limits:
     """Size of the encoded state slice."""
     max_depth: int = 128
     """Nesting depth of a message body or state (lists and objects)."""
-    max_thread_id_length: int = 128
+    max_thread_id_bytes: int = 512
+    """Length of a thread id in UTF-8 bytes."""
     max_message_id_length: int = 256
 
     def __post_init__(self) -> None:
         for name in ("max_message_bytes", "max_batch", "max_state_bytes", "max_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Limits.{name} must be >= 1")
-        if not 1 <= self.max_thread_id_length <= 128:
-            raise ValueError("Limits.max_thread_id_length must be within 1..128")
+        if not 1 <= self.max_thread_id_bytes <= 512:
+            raise ValueError("Limits.max_thread_id_bytes must be within 1..512")
         if not 1 <= self.max_message_id_length <= 256:
             raise ValueError("Limits.max_message_id_length must be within 1..256")
 

@@ -102,17 +102,19 @@ def test_marks_never_move_a_score_back(hot: HotStore) -> None:
 
 def test_a_write_whose_index_entry_was_lost_is_found_by_the_reconciler(threads: Threads) -> None:
     hot = threads.hot
-    hot.create("crashed")  # a worker died between the write and its index entry
-    hot.append("crashed", [msg("m1")])
+    crashed = ["crashed", "user@example.com/chat {1}", "%63rashed"]
+    for thread_id in crashed:  # a worker died between the write and its index entry
+        hot.create(thread_id)
+        hot.append(thread_id, [msg("m1")])
     threads.open("fine", "new")
     assert set(indexed(hot)) == {"fine"}
     report = hot.reconcile_activity(max_keys=1_000)
-    assert (report.reindexed, report.wrapped) == (1, True)
-    assert report.scanned >= 2
-    assert set(indexed(hot)) == {"crashed", "fine"}
+    assert (report.reindexed, report.wrapped) == (3, True)
+    assert report.scanned >= 4
+    assert set(indexed(hot)) == {*crashed, "fine"}
     assert indexed(hot)["crashed"] == hot.info("crashed").updated_ms
     assert hot.reconcile_activity(max_keys=1_000).reindexed == 0
-    assert "crashed" in threads.flush_idle(0).evicted
+    assert set(crashed) <= set(threads.flush_idle(0).evicted)
 
 
 def test_reconciler_work_per_run_is_bounded_and_resumes_from_its_cursor(hot: HotStore) -> None:

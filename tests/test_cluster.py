@@ -143,6 +143,40 @@ def test_every_key_of_a_thread_lives_in_one_slot_on_one_node(
     assert {key_slot(key) for key in left} == {slot_of(threads.hot, "t1")}
 
 
+@pytest.mark.parametrize(
+    "thread_id", ["user@example.com/chat 1", "{t1}", "}{", "a}b{c", "\u00e9" * 250]
+)
+def test_any_thread_id_keeps_its_keys_in_one_slot_and_forks_across_slots(
+    redis_cluster: RedisClusterServer,
+    cluster_client: redis.RedisCluster,
+    tmp_path: Path,
+    thread_id: str,
+) -> None:
+    """Braces in an id can neither split its keys over slots nor pull them into
+    another thread's slot (``{t1}`` is not t1); a fork to another slot copies it."""
+    threads = Threads(HotStore(cluster_client), FileColdStore(tmp_path))
+    threads.open("t1", "new")
+    threads.open(thread_id, "new", state={"a": 1})
+    threads.append(thread_id, [msg("m1"), msg("m2")])
+    keys = threads.hot.keys(thread_id)
+    written = set(cluster_client.keys(keys.meta[: -len("meta")] + "*"))
+    assert {keys.meta.encode(), keys.msgs.encode(), keys.ids.encode()} <= written
+    assert len({key_slot(k) for k in written}) == 1
+    assert threads.load("t1") == []
+    target = next(
+        f"{thread_id}/fork {n}"
+        for n in itertools.count()
+        if slot_of(threads.hot, f"{thread_id}/fork {n}") != slot_of(threads.hot, thread_id)
+    )
+    threads.hot.fork(thread_id, target)
+    assert ids_of(threads.load(target)) == ["m1", "m2"]
+    assert threads.hot.info(target).parent == thread_id
+    threads.flush(thread_id)
+    assert not threads.hot.exists(thread_id)
+    threads.hydrate(thread_id)
+    assert ids_of(threads.load(thread_id)) == ["m1", "m2"]
+
+
 def test_fork_within_one_slot_runs_as_one_script(
     cluster_client: redis.RedisCluster, hot: HotStore
 ) -> None:

@@ -36,7 +36,8 @@ from storage import (
     validate_message_id,
     validate_thread_id,
 )
-from storage.cold import FileColdStore, S3ColdStore
+from storage.cold import ColdStore, FileColdStore, S3ColdStore
+from storage.keys import KeyLayout, encode_thread_id
 from storage.limits import MIB
 from storage.tiered import Threads
 from tasks.app import threads as worker_threads
@@ -126,19 +127,7 @@ class Opaque:
 # -- hostile thread ids, applied to every operation that takes one -------------
 
 HOSTILE_THREAD_IDS = [
-    pytest.param("{a}", id="hash-tag-braces"),
-    pytest.param("a}b", id="closing-brace"),
-    pytest.param("a{b", id="opening-brace"),
-    pytest.param("a/b", id="slash"),
-    pytest.param("a\\b", id="backslash"),
-    pytest.param("../t-seeded", id="path-traversal"),
-    pytest.param("..", id="dot-dot"),
-    pytest.param(".", id="dot"),
-    pytest.param(".hidden", id="leading-dot"),
     pytest.param("", id="empty"),
-    pytest.param(" ", id="space"),
-    pytest.param("a b", id="inner-space"),
-    pytest.param("t-seeded ", id="trailing-space"),
     pytest.param("\t", id="tab"),
     pytest.param("a\nb", id="newline"),
     pytest.param("t-seeded\n", id="trailing-newline"),
@@ -146,23 +135,53 @@ HOSTILE_THREAD_IDS = [
     pytest.param("a\x00b", id="nul"),
     pytest.param("a\x1bb", id="escape-control"),
     pytest.param("a\x7fb", id="del-control"),
-    pytest.param("t-se\u0435ded", id="cyrillic-ie-lookalike"),
-    pytest.param("thre\u0430d", id="cyrillic-a-lookalike"),
-    pytest.param("\uff54\uff48\uff52\uff45\uff41\uff44", id="fullwidth"),
-    pytest.param("t\u2010seeded", id="unicode-hyphen-lookalike"),
-    pytest.param("\u212a", id="kelvin-sign"),
-    pytest.param("a\u200bb", id="zero-width-space"),
-    pytest.param("\ufeffa", id="byte-order-mark"),
-    pytest.param("a\u202eb", id="rtl-override"),
-    pytest.param("a\u00a0b", id="no-break-space"),
-    pytest.param("a*b", id="glob-star"),
-    pytest.param("a" * 129, id="129-chars"),
+    pytest.param("a\x85b", id="c1-next-line"),
+    pytest.param("a\x9b2J", id="c1-csi"),
+    pytest.param("a\ud800b", id="lone-surrogate"),
+    pytest.param("a" * 513, id="513-bytes"),
+    pytest.param("\u00e9" * 257, id="514-bytes-in-257-chars"),
     pytest.param("a" * 10_000, id="10000-chars"),
     pytest.param(7, id="int"),
     pytest.param(None, id="none"),
     pytest.param(b"t-seeded", id="bytes-of-existing-id"),
     pytest.param(["t-seeded"], id="list"),
 ]
+
+ESCAPED_THREAD_IDS = [
+    pytest.param("{a}", id="hash-tag-braces"),
+    pytest.param("a}b", id="closing-brace"),
+    pytest.param("a{b", id="opening-brace"),
+    pytest.param("}{t-seeded}", id="brace-naming-another-tag"),
+    pytest.param("t-seeded}:msgs", id="key-suffix-injection"),
+    pytest.param("a/b", id="slash"),
+    pytest.param("a\\b", id="backslash"),
+    pytest.param("../t-seeded", id="path-traversal"),
+    pytest.param("..", id="dot-dot"),
+    pytest.param(".", id="dot"),
+    pytest.param(".hidden", id="leading-dot"),
+    pytest.param(" ", id="space"),
+    pytest.param("org/team/chat 1", id="inner-space-and-slashes"),
+    pytest.param("t-seeded ", id="trailing-space"),
+    pytest.param("user@example.com", id="email"),
+    pytest.param("%74-seeded", id="percent-escape-of-seeded"),
+    pytest.param("t-seeded%", id="stray-percent"),
+    pytest.param("=" + "0" * 64, id="looks-like-a-digest-name"),
+    pytest.param("t-se\u0435ded", id="cyrillic-ie-lookalike"),
+    pytest.param("\uff54\uff48\uff52\uff45\uff41\uff44", id="fullwidth"),
+    pytest.param("\u212a", id="kelvin-sign"),
+    pytest.param("a\u200bb", id="zero-width-space"),
+    pytest.param("\ufeffa", id="byte-order-mark"),
+    pytest.param("a\u202eb", id="rtl-override"),
+    pytest.param("a\u00a0b", id="no-break-space"),
+    pytest.param("\U0001f468\u200d\U0001f469\u200d\U0001f467", id="emoji-zwj-family"),
+    pytest.param("a*b?[c]", id="glob-characters"),
+    pytest.param("a" * 129, id="129-chars"),
+    pytest.param("a" * 512, id="512-bytes"),
+    pytest.param("\u00e9" * 256, id="512-bytes-in-256-chars"),
+    pytest.param("/" * 512, id="512-slashes"),
+]
+"""Ids of the wider id space that once were refused: each is its own thread, in its
+own keys and objects, and can name no other thread's."""
 
 THREAD_ID_OPERATIONS: dict[str, Operation] = {
     "create": lambda hot, tid: hot.create(tid),
@@ -196,6 +215,36 @@ def test_hostile_thread_id_is_refused_before_any_write(
     seeded: HotStore, redis_client: redis.Redis, operation: Operation, thread_id: object
 ) -> None:
     assert_refused(seeded, redis_client, lambda: operation(seeded, thread_id), InvalidThreadId)
+
+
+INDEX_PREFIXES = (b"at:activity:{", b"at:turns:{")
+
+
+@pytest.mark.parametrize("operation", THREAD_ID_OPERATIONS.values(), ids=THREAD_ID_OPERATIONS)
+@pytest.mark.parametrize("thread_id", ESCAPED_THREAD_IDS)
+def test_escaped_thread_id_writes_only_its_own_keys(
+    seeded: HotStore, redis_client: redis.Redis, operation: Operation, thread_id: str
+) -> None:
+    """Whatever the operation does with an exotic id (it exists, with one message),
+    every key it changes is under that id's own hash tag or an index shard."""
+    seeded.create(thread_id)
+    seeded.append(thread_id, [msg("x1")])
+    before = redis_contents(redis_client)
+    try:
+        operation(seeded, thread_id)
+    except InvalidThreadId:
+        raise
+    except AgentThreadsError:
+        pass  # ThreadExists, ListRewritten...: refused for a reason of its own
+    after = redis_contents(redis_client)
+    own = f"at:{{{encode_thread_id(thread_id)}}}:".encode()
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    fork_target = {k for k in changed if k.startswith(b"at:{t-new}:")}
+    assert {k for k in changed if not k.startswith((own, *INDEX_PREFIXES))} <= fork_target
+    assert seeded.load(SEEDED) == SEED_MESSAGES
+    assert seeded.load_state(SEEDED) == SEED_STATE
+    assert seeded.version(SEEDED) == 3
+    assert KeyLayout("at").thread_id_of_meta(own + b"meta") == thread_id
 
 
 def test_fork_onto_itself_is_refused(seeded: HotStore, redis_client: redis.Redis) -> None:
@@ -608,14 +657,19 @@ def test_append_with_malformed_lease_owner_is_refused(
 
 USEFUL_ERRORS: dict[str, tuple[Operation, type[AgentThreadsError], str]] = {
     "thread-id-named": (
-        lambda hot, _: hot.append("a/b", [msg("n1")]),
+        lambda hot, _: hot.append("a\nb", [msg("n1")]),
         InvalidThreadId,
-        r"invalid thread id 'a/b': use only A-Z a-z 0-9",
+        r"invalid thread id 'a\\nb': control characters \(newline, tab, NUL, DEL, C1\)",
     ),
     "thread-id-length-limit": (
-        lambda hot, _: hot.create("a" * 129),
+        lambda hot, _: hot.create("\u00e9" * 257),
         InvalidThreadId,
-        r"thread id must be 1\.\.128 characters, got 129",
+        r"thread id must be 1\.\.512 UTF-8 bytes, got 514",
+    ),
+    "thread-id-surrogate": (
+        lambda hot, _: hot.create("a\udc00"),
+        InvalidThreadId,
+        r"is not valid Unicode \(a lone surrogate\)",
     ),
     "thread-id-type": (
         lambda hot, _: hot.load(b"t-seeded"),
@@ -730,11 +784,11 @@ THREAD_ID_ALPHABET = string.ascii_letters + string.digits + "._:-"
 
 
 def has_documented_thread_id_format(text: str) -> bool:
-    """DESIGN.md section 3: 1-128 chars of [A-Za-z0-9._:-], not starting with '.'."""
+    """docs/architecture.md (thread ids): 1-512 UTF-8 bytes, no Cc, no lone surrogate."""
+    categories = {unicodedata.category(ch) for ch in text}
     return (
-        1 <= len(text) <= 128
-        and all(ch in THREAD_ID_ALPHABET for ch in text)
-        and not text.startswith(".")
+        not categories & {"Cc", "Cs"}
+        and 1 <= len(text.encode("utf-8", "surrogatepass")) <= 512
     )
 
 
@@ -756,7 +810,8 @@ surrogates = st.characters(categories=["Cs"])
 thread_id_candidates = st.one_of(
     st.text(),
     st.text(alphabet=THREAD_ID_ALPHABET, max_size=140),
-    st.text(alphabet=THREAD_ID_ALPHABET, min_size=125, max_size=131),
+    st.text(alphabet=THREAD_ID_ALPHABET, min_size=508, max_size=516),
+    st.text(alphabet="\u00e9\u4e2d\U0001f600", min_size=126, max_size=260),
     st.text(
         alphabet=st.one_of(st.sampled_from(THREAD_ID_ALPHABET), hostile_chars, surrogates),
         max_size=40,
@@ -782,8 +837,15 @@ def test_thread_id_is_accepted_exactly_when_it_has_the_documented_format(
 ) -> None:
     if has_documented_thread_id_format(candidate):
         assert validate_thread_id(candidate) == candidate
+        before = set(redis_client.keys("*"))
         hot.create(candidate)
         assert hot.exists(candidate)
+        own = hot.keys(candidate)
+        added = {k.decode() for k in set(redis_client.keys("*")) - before}
+        assert added and added <= {own.meta, own.msgs, own.ids, own.state} | set(
+            hot.layout.activity_shards
+        )
+        assert hot.layout.thread_id_of_meta(own.meta) == candidate
         assert hot.delete(candidate)
         return
     before = redis_contents(redis_client)
@@ -972,6 +1034,40 @@ def test_hostile_thread_id_touches_neither_tier(
     assert files_under(tmp_path) == on_disk
 
 
+@pytest.mark.parametrize("thread_id", ESCAPED_THREAD_IDS)
+def test_escaped_thread_id_round_trips_through_the_cold_tier(
+    seeded: HotStore, cold: ColdStore, tmp_path: Path, thread_id: str
+) -> None:
+    """Flushed, evicted, listed under its own id, hydrated back and deleted, with the
+    seeded thread's archive untouched; files stay under the store's prefix with
+    names a file system takes, and S3 keys stay within S3's 1,024 bytes."""
+    threads = Threads(seeded, cold)
+    threads.flush(SEEDED, evict=False)
+    threads.open(thread_id, "new", state={"who": thread_id})
+    threads.append(thread_id, [msg("x1"), msg("x2")])
+    threads.flush(thread_id)
+    assert not seeded.exists(thread_id)
+    for prefix in ("", thread_id[:1], thread_id):
+        listed = sorted(o.thread_id for o in cold.list(prefix))
+        assert listed == sorted(t for t in {SEEDED, thread_id} if t.startswith(prefix))
+    if isinstance(cold, FileColdStore):
+        base = (tmp_path / "cold" / "threads").resolve()
+        for path in (tmp_path / "cold").rglob("*"):
+            assert path.resolve().is_relative_to(base)
+            assert len(path.name.encode()) <= 255
+    else:
+        keys = cold.client.list_objects_v2(Bucket=cold.bucket)["Contents"]
+        assert all(len(k["Key"].encode()) <= 1024 for k in keys)
+    threads.hydrate(thread_id)
+    assert threads.load(thread_id) == [msg("x1"), msg("x2")]
+    assert threads.load_state(thread_id) == {"who": thread_id}
+    assert threads.delete(thread_id)
+    assert cold.read(thread_id) is None
+    assert [o.thread_id for o in cold.list()] == [SEEDED]
+    found = cold.read(SEEDED)
+    assert found is not None and found[0].ids == ("m1", "m2", "m3")
+
+
 # -- the same hostile input through the Celery task threads.append -------------------------
 
 
@@ -989,9 +1085,9 @@ def worker_store(celery_stack: Celery, redis_client: redis.Redis) -> Threads:
 
 
 CELERY_HOSTILE: dict[str, tuple[Any, Any, type[AgentThreadsError]]] = {
-    "thread-id-braces": ("{a}", [msg("n1")], InvalidThreadId),
-    "thread-id-path-traversal": ("../t-seeded", [msg("n1")], InvalidThreadId),
-    "thread-id-rtl-override": ("t-seeded\u202e", [msg("n1")], InvalidThreadId),
+    "thread-id-newline": ("t-seeded\n", [msg("n1")], InvalidThreadId),
+    "thread-id-c1-control": ("t-seeded\x9b", [msg("n1")], InvalidThreadId),
+    "thread-id-513-bytes": ("a" * 513, [msg("n1")], InvalidThreadId),
     "thread-id-nul": ("t-seeded\x00", [msg("n1")], InvalidThreadId),
     "thread-id-10000-chars": ("a" * 10_000, [msg("n1")], InvalidThreadId),
     "thread-id-int": (7, [msg("n1")], InvalidThreadId),
