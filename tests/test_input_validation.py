@@ -786,10 +786,7 @@ THREAD_ID_ALPHABET = string.ascii_letters + string.digits + "._:-"
 def has_documented_thread_id_format(text: str) -> bool:
     """docs/architecture.md (thread ids): 1-512 UTF-8 bytes, no Cc, no lone surrogate."""
     categories = {unicodedata.category(ch) for ch in text}
-    return (
-        not categories & {"Cc", "Cs"}
-        and 1 <= len(text.encode("utf-8", "surrogatepass")) <= 512
-    )
+    return not categories & {"Cc", "Cs"} and 1 <= len(text.encode("utf-8", "surrogatepass")) <= 512
 
 
 def has_documented_message_id_format(text: str) -> bool:
@@ -842,9 +839,8 @@ def test_thread_id_is_accepted_exactly_when_it_has_the_documented_format(
         assert hot.exists(candidate)
         own = hot.keys(candidate)
         added = {k.decode() for k in set(redis_client.keys("*")) - before}
-        assert added and added <= {own.meta, own.msgs, own.ids, own.state} | set(
-            hot.layout.activity_shards
-        )
+        assert added
+        assert added <= {own.meta, own.msgs, own.ids, own.state} | set(hot.layout.activity_shards)
         assert hot.layout.thread_id_of_meta(own.meta) == candidate
         assert hot.delete(candidate)
         return
@@ -1065,7 +1061,8 @@ def test_escaped_thread_id_round_trips_through_the_cold_tier(
     assert cold.read(thread_id) is None
     assert [o.thread_id for o in cold.list()] == [SEEDED]
     found = cold.read(SEEDED)
-    assert found is not None and found[0].ids == ("m1", "m2", "m3")
+    assert found is not None
+    assert found[0].ids == ("m1", "m2", "m3")
 
 
 # -- the same hostile input through the Celery task threads.append -------------------------
