@@ -123,7 +123,7 @@ def test_a_users_own_celery_app_runs_our_tasks_and_its_agents_in_one_worker(
     assert project.send_task("myproj.add", args=(2, 3)).get(timeout=30) == 5
 
     client = ThreadClient(project)
-    thread_id = f"myproj-chat-{uuid.uuid4().hex[:6]}"
+    thread_id = f"user@example.com/chat {uuid.uuid4().hex[:6]} é"
     agent = project.signature("myproj.agent")
     flushed = client.run_turn(thread_id, [msg("u1", "hello")], agent, turn_id="t1", mode="new")
     assert flushed["status"] == "archived"
