@@ -27,10 +27,11 @@ from click.testing import CliRunner, Result
 from storage.embedded import EmbeddedRedis
 from storage.snapshot import Snapshot
 from storage.tiered import Threads
-from tasks import ops
 from tasks.app import settings
 from tasks.app import threads as worker_threads
 from tasks.cli import main
+from tasks.cli.ops.durations import parse_duration
+from tasks.cli.ops.retention import prune_cold
 from tasks.stores import build_threads
 from tests.conftest import backdate, msg, redis_contents
 from tests.servers import MotoServer
@@ -133,13 +134,13 @@ def rich_thread(store: Threads, thread_id: str) -> Snapshot:
     [("60", 60), ("90s", 90), ("30m", 1800), ("2h", 7200), ("7d", 604800), ("1h30m", 5400)],
 )
 def test_durations_accept_plain_seconds_and_units(text: str, seconds: float) -> None:
-    assert ops.parse_duration(text) == seconds
+    assert parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "10x", "m", "-5s", "1h 2", "inf"])
 def test_invalid_durations_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
-        ops.parse_duration(text)
+        parse_duration(text)
 
 
 # -- demo -------------------------------------------------------------------------------------
@@ -683,7 +684,7 @@ def test_cold_prune_on_s3_judges_ages_as_of_a_given_time(s3_tiers: Tiers) -> Non
     assert "would delete 2" in dry.output
     assert s3_tiers.cold_ids() == ["p1", "p2", "p3"]
 
-    report = ops.prune_cold(store, 30 * 86400, now=datetime.now(UTC) + timedelta(days=31))
+    report = prune_cold(store, 30 * 86400, now=datetime.now(UTC) + timedelta(days=31))
     assert sorted(item.thread_id for item in report.deleted) == ["p1", "p2"]
     assert report.in_use == ("p3",)
     assert s3_tiers.cold_ids() == ["p3"]

@@ -21,8 +21,8 @@ from storage import HotStore
 from storage.cold import ColdStore, FileColdStore, S3ColdStore
 from storage.embedded import EmbeddedRedis
 from storage.tiered import Threads
+from tasks.cli.ops.inspect import view_thread
 from tasks.observability.metrics import FLUSHES, InstrumentedThreads
-from tasks.ops import view_thread
 from tests.conftest import msg
 from tests.servers import MotoServer, s3_client_for
 

@@ -18,7 +18,7 @@ from storage import HotStore
 from storage.cold import ColdStore
 from storage.embedded import EmbeddedRedis
 from storage.tiered import Threads
-from tasks.ops import prune_cold
+from tasks.cli.ops.retention import prune_cold
 from tests.conftest import msg
 from tests.test_tiered_races import GatedColdStore, run_in_thread
 
