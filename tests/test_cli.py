@@ -256,9 +256,34 @@ def test_inspect_refuses_unknown_and_invalid_thread_ids(s3_tiers: Tiers) -> None
     missing = s3_tiers.run("inspect", "nope")
     assert missing.exit_code == 1
     assert "thread 'nope' not found; it exists in no tier" in missing.output
-    invalid = s3_tiers.run("inspect", "a/b")
+    invalid = s3_tiers.run("inspect", "a\tb")
     assert invalid.exit_code == 1
     assert "invalid thread id" in invalid.output
+    assert "control characters" in invalid.output
+
+
+ODD_ID = "[bold]user@example.com/chat #1 :smile: é{x}[/]"
+"""Rich markup, an emoji code, ``#``, a slash, a space and braces: shown as given."""
+
+
+def test_commands_show_and_take_any_thread_id_as_given(s3_tiers: Tiers, tmp_path: Path) -> None:
+    store = s3_tiers.store
+    store.open(ODD_ID, "new", state={"who": ODD_ID})
+    store.append(ODD_ID, [msg("m1", "[red]not red[/red] :smile:")])
+    hot = s3_tiers.ok("inspect", ODD_ID).output
+    assert f"thread '{ODD_ID}': tier hot, version 2, 1 message" in hot
+    assert "[red]not red[/red] :smile:" in hot
+    assert json.loads(s3_tiers.ok("inspect", ODD_ID, "--json").output)["thread_id"] == ODD_ID
+    assert ODD_ID in s3_tiers.ok("ls").output
+    ids = tmp_path / "ids.txt"
+    ids.write_text(f"# one odd id\n{ODD_ID}\n", encoding="utf-8")
+    assert "1 archived" in s3_tiers.ok("flush", ODD_ID).output
+    assert s3_tiers.cold_ids() == [ODD_ID]
+    assert "1 restored" in s3_tiers.ok("hydrate", "--from-file", str(ids)).output
+    exported = s3_tiers.ok("export", ODD_ID, "-o", str(tmp_path / "odd.jsonl")).output
+    assert f"exported thread '{ODD_ID}'" in exported
+    prompt = s3_tiers.run("delete", ODD_ID, input="n\n").output
+    assert f"({ODD_ID})?" in prompt
 
 
 def test_inspect_shows_the_last_messages_of_a_long_thread(s3_tiers: Tiers) -> None:
@@ -392,7 +417,7 @@ def test_hydrate_many_from_a_file_with_counts_and_failures(s3_tiers: Tiers, tmp_
     etag = store.cold.head("bad")
     store.cold.write_bytes("bad", b"\x1f\x8bnot gzip at all", etag)  # corrupt archive
     ids = tmp_path / "ids.txt"
-    ids.write_text("# threads to warm up\nh1\n\nbad  # corrupt\nh3\nmissing\nh1\n")
+    ids.write_text("# threads to warm up\nh1\n\n# corrupt:\nbad\r\nh3\nmissing\nh1\n")
 
     result = s3_tiers.run("hydrate", "h2", "--from-file", str(ids))
 

@@ -60,11 +60,12 @@ def _unique(ids: Sequence[str]) -> list[str]:
 
 
 def _ids_from_file(path: str) -> list[str]:
-    """One thread id per line; blank lines and ``#`` comments are skipped; ``-`` is stdin."""
-    stream = click.open_file(path, "r", encoding="utf-8")
+    """One thread id per line, exactly as written (ids may hold spaces and ``#``);
+    empty lines and lines starting with ``#`` are skipped; ``-`` is stdin."""
+    stream = click.open_file(path, "r", encoding="utf-8", errors="strict")
     with stream:
-        lines = [line.split("#", 1)[0].strip() for line in stream]
-    return [line for line in lines if line]
+        lines = [line.rstrip("\r\n") for line in stream]
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 @click.command("flush-idle")

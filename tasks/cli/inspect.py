@@ -54,7 +54,7 @@ def render_thread(console: Console, view: ThreadView, last: int | None) -> None:
     s, info = view.snapshot, view.info
     count = len(s.records)
     console.print(
-        f"thread {s.thread_id!r}: tier {view.tier}, version {s.version}, "
+        f"thread '{s.thread_id}': tier {view.tier}, version {s.version}, "
         f"{count} message{'' if count == 1 else 's'}"
     )
     props = Table.grid(padding=(0, 2))

@@ -25,10 +25,13 @@ R = TypeVar("R")
 
 
 def console(*, stderr: bool = False) -> Console:
-    """Rich on a terminal; plain, wide enough text when piped (COLUMNS wins)."""
+    """Rich on a terminal; plain, wide enough text when piped (COLUMNS wins). Markup
+    and emoji codes are off: thread ids and message text are printed as given."""
     stream = sys.stderr if stderr else sys.stdout
     width = None if stream.isatty() else int(os.environ.get("COLUMNS", "120"))
-    return Console(file=stream, highlight=False, width=width, soft_wrap=False)
+    return Console(
+        file=stream, highlight=False, markup=False, emoji=False, width=width, soft_wrap=False
+    )
 
 
 def errors(command: Callable[P, R]) -> Callable[P, R]:

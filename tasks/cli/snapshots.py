@@ -71,7 +71,7 @@ def export(thread_id: str, output: str, fmt: str | None) -> None:
         tmp.unlink(missing_ok=True)
         raise click.ClickException(f"cannot write {output}: {exc}") from exc
     click.echo(
-        f"exported thread {thread_id!r} ({tier}, version {snapshot.version}, "
+        f"exported thread '{thread_id}' ({tier}, version {snapshot.version}, "
         f"{len(snapshot.records)} messages, {render.size(len(data))} {chosen}) to {output}",
         err=True,
     )
@@ -120,12 +120,12 @@ def import_(file: str, as_id: str | None, force: bool, hot: bool, any_namespace:
             tier = "hot" if store.hydrate(result.thread_id).status != "absent" else tier
         except AgentThreadsError as exc:
             raise click.ClickException(
-                f"imported thread {result.thread_id!r} into the cold tier, but restoring it "
+                f"imported thread '{result.thread_id}' into the cold tier, but restoring it "
                 f"into Redis failed: {exc}; the next turn or `agent-threads hydrate` retries"
             ) from exc
-    source = f" from {result.source_id!r}" if result.source_id != result.thread_id else ""
+    source = f" from '{result.source_id}'" if result.source_id != result.thread_id else ""
     replaced = ", replacing the existing thread" if result.replaced else ""
     click.echo(
-        f"imported thread {result.thread_id!r}{source}: version {result.version}, "
+        f"imported thread '{result.thread_id}'{source}: version {result.version}, "
         f"{result.length} messages, now {tier}{replaced}"
     )
