@@ -184,7 +184,7 @@ agent_threads = {
     "flush_idle_every": float(_env("FLUSH_IDLE_EVERY", "60")),
     "turn_reconcile_every": float(_env("TURN_RECONCILE_EVERY", "5")),
     "reconcile_every": float(_env("RECONCILE_EVERY", "60")),
-    # observability (tasks/metrics.py, tasks/logs.py)
+    # observability (tasks/observability/metrics.py, tasks/observability/logs.py)
     "metrics_port": int(_env("METRICS_PORT", "0") or "0"),
     "metrics_addr": _env("METRICS_ADDR", "0.0.0.0"),  # noqa: S104 - a scrape target
     "log_format": _env("LOG_FORMAT", "text"),
