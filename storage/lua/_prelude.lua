@@ -113,6 +113,19 @@ local function chunked(cmd, key, items)
   end
 end
 
+-- The ledger entry (list position, '-1' retired, false unknown) of each of ids, in
+-- bounded HMGET chunks.
+local function ledger_of(ids)
+  local known = {}
+  for i = 1, #ids, CHUNK do
+    local found = redis.call('HMGET', K_IDS, unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
+    for j = 1, #found do
+      known[i + j - 1] = found[j]
+    end
+  end
+  return known
+end
+
 -- Write records and their ledger given in ARGV: n ids at ARGV[base + 1 ..], then
 -- their n records, then retired ids (ledger position -1) up to the end of ARGV;
 -- the records take positions first, first + 1, ...

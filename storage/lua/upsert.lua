@@ -19,13 +19,7 @@ local ids = {}
 for i = 5, #ARGV, 3 do
   ids[#ids + 1] = ARGV[i]
 end
-local known = {}
-for i = 1, #ids, CHUNK do
-  local found = redis.call('HMGET', K_IDS, unpack(ids, i, math.min(i + CHUNK - 1, #ids)))
-  for j = 1, #found do
-    known[i + j - 1] = found[j]
-  end
-end
+local known = ledger_of(ids)
 local flags, fresh, fresh_ids, replaced = {}, {}, {}, {}
 for i, id in ipairs(ids) do
   local record = ARGV[3 + 3 * i]

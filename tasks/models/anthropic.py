@@ -22,9 +22,9 @@ from celery import shared_task
 
 from adapters.anthropic import DEFAULT_MAX_TOKENS, DEFAULT_MODEL, AnthropicAdapter
 from adapters.base import DEFAULT_MAX_STEPS, IntegrityPolicy, InterruptedPolicy
-from adapters.tools import handlers
 from storage.records import JSON
 from tasks.base import TRANSIENT_ERRORS, ThreadTask
+from tasks.models.turn import run_model_turn
 
 try:
     import anthropic
@@ -85,11 +85,12 @@ if anthropic is not None:
             # turn whose reply is stored needs neither a client nor an API key.
             return client_factory().messages.create(**request)
 
-        reply = adapter.run_agent(
+        return run_model_turn(
+            adapter,
             thread_id,
             turn_id,
             call_model,
-            tool_handlers=handlers(run_tools) if run_tools is not None else None,
+            run_tools=run_tools,
             max_steps=max_steps,
             on_interrupted=on_interrupted,
             rewind=rewind,
@@ -99,4 +100,3 @@ if anthropic is not None:
             tools=tools,
             cache_breakpoints=cache_breakpoints,
         )
-        return {"reply_id": reply.reply_id, "body": reply.body, "model_calls": reply.model_calls}

@@ -17,10 +17,10 @@ from typing import Any
 from celery import shared_task
 
 from adapters.base import DEFAULT_MAX_STEPS, IntegrityPolicy, InterruptedPolicy
-from adapters.tools import handlers
 from storage.errors import AgentThreadsError
 from storage.records import JSON
 from tasks.base import TRANSIENT_ERRORS, ThreadTask
+from tasks.models.turn import run_model_turn
 
 try:
     from google import genai
@@ -88,11 +88,12 @@ if genai is not None:
 
         adapter = GoogleGenAIAdapter(self.threads)
         try:
-            reply = adapter.run_agent(
+            return run_model_turn(
+                adapter,
                 thread_id,
                 turn_id,
                 call_model,
-                tool_handlers=handlers(run_tools) if run_tools is not None else None,
+                run_tools=run_tools,
                 max_steps=max_steps,
                 on_interrupted=on_interrupted,
                 rewind=rewind,
@@ -106,4 +107,3 @@ if genai is not None:
             # autoretry_for works on classes; a 429 is the one retryable client error
             # (retried with the policy's delay, see tasks/base.py)
             raise self.retry(exc=exc) from exc
-        return {"reply_id": reply.reply_id, "body": reply.body, "model_calls": reply.model_calls}

@@ -61,7 +61,8 @@ else:
     from adapters.base import DEFAULT_MAX_STEPS, IntegrityPolicy, InterruptedPolicy
     from adapters.langchain import LangChainAdapter
     from adapters.models import factory_of
-    from adapters.tools import TOOLS, UnknownTool, handlers
+    from adapters.tools import TOOLS, UnknownTool
+    from tasks.models.turn import run_model_turn
 
     def build_model(
         name: str, tools: Sequence[str] | None, configured: Mapping[str, str] | None = None
@@ -112,14 +113,14 @@ else:
                 raise
             return reply
 
-        reply = adapter.run_agent(
+        return run_model_turn(
+            adapter,
             thread_id,
             turn_id,
             call_model,
-            tool_handlers=handlers(run_tools) if run_tools is not None else None,
+            run_tools=run_tools,
             max_steps=max_steps,
             on_interrupted=on_interrupted,
             rewind=rewind,
             integrity=integrity,
         )
-        return {"reply_id": reply.reply_id, "body": reply.body, "model_calls": reply.model_calls}

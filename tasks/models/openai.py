@@ -25,10 +25,10 @@ from celery import shared_task
 
 from adapters.base import DEFAULT_MAX_STEPS, Adapter, IntegrityPolicy, InterruptedPolicy
 from adapters.openai import DEFAULT_MODEL, OpenAIChatAdapter, OpenAIResponsesAdapter
-from adapters.tools import handlers
 from storage.errors import InvalidMessage
 from storage.records import JSON
 from tasks.base import TRANSIENT_ERRORS, ThreadTask
+from tasks.models.turn import run_model_turn
 
 try:
     import openai
@@ -106,11 +106,12 @@ if openai is not None:
             return client.responses.create(**request)
 
         try:
-            reply = adapter.run_agent(
+            return run_model_turn(
+                adapter,
                 thread_id,
                 turn_id,
                 call_model,
-                tool_handlers=handlers(run_tools) if run_tools is not None else None,
+                run_tools=run_tools,
                 max_steps=max_steps,
                 on_interrupted=on_interrupted,
                 rewind=rewind,
@@ -125,4 +126,3 @@ if openai is not None:
             # the SDK's classes do not tell a transient 429 from an exhausted quota,
             # nor a 408 from a 400: retried here, with the policy's delay
             raise self.retry(exc=exc) from exc
-        return {"reply_id": reply.reply_id, "body": reply.body, "model_calls": reply.model_calls}
