@@ -378,14 +378,14 @@ def test_flush_many_reports_counts_and_a_failure_does_not_stop_the_rest(s3_tiers
     store.flush("f4")  # already cold
     store.acquire_lease("f2", "turn-1", 60_000)  # archived but kept hot
 
-    result = s3_tiers.run("flush", "f1", "bad/id", "f2", "f3", "gone", "f4")
+    result = s3_tiers.run("flush", "f1", "bad\tid", "f2", "f3", "gone", "f4")
 
     assert result.exit_code == 1
     assert (
         "flush: 6 threads: 2 archived, 2 unchanged, 1 absent, 1 failed (2 evicted, 1 kept hot)"
         in result.output
     )
-    assert "failed bad/id: invalid thread id" in result.output
+    assert "failed bad\tid: invalid thread id" in result.output
     assert not store.hot.exists("f1")
     assert store.hot.exists("f2")
     assert not store.hot.exists("f3")
@@ -438,7 +438,7 @@ def test_flush_and_hydrate_via_workers(celery_stack: Celery, redis_client: redis
         store.append(thread_id, [msg("m1")])
     runner = CliRunner()
 
-    flushed = runner.invoke(main, ["flush", "--via-workers", *ids, "bad/id"])
+    flushed = runner.invoke(main, ["flush", "--via-workers", *ids, "bad\tid"])
     assert flushed.exit_code == 1, flushed.output
     assert "flush: 4 threads: 3 archived, 0 unchanged, 0 absent, 1 failed" in flushed.output
     assert not any(store.hot.exists(t) for t in ids)
