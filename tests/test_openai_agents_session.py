@@ -302,6 +302,21 @@ async def test_bad_input_raises_a_typed_error_and_writes_nothing(
         session_of(threads, hot, "no spaces allowed")
 
 
+async def test_a_cancelled_write_is_finished_before_the_cancellation_is_raised(
+    file_threads: Threads, aio_hot: AsyncHotStore
+) -> None:
+    session = session_of(file_threads, aio_hot, "cancelled")
+    writes = [(lambda: session.add_items([user("kept")]), [user("kept")]), (session.pop_item, [])]
+    for write, expected in writes:
+        task = asyncio.create_task(write())
+        await asyncio.sleep(0)  # one loop turn: the write is under way, not done
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await session.get_items() == expected
+
+
 # -- a whole run --------------------------------------------------------------------
 
 
