@@ -5,7 +5,9 @@ Redis Cluster slots is one script per slot, see ``_fork_by_copy``).
 Each public method validates its input in Python (raising a typed error before
 any I/O), makes one script call, and turns the script's reply into a typed
 result or a typed error. Scripts read and check first and write last, so a
-refused call writes nothing.
+refused call writes nothing. The validation, the argv and the reply parsing of the
+single-script operations live in storage/calls.py, shared with the asyncio store
+(storage/aio.py): here they are only run.
 """
 
 from __future__ import annotations
