@@ -215,10 +215,7 @@ class HotStore:
 
     def _run(self, call: ScriptCall[R]) -> R:
         """Run one script call built by ``self.calls`` and parse its reply."""
-        reply = self._redis_call(
-            lambda: self._evalsha(call.script, call.keys, call.args), call.script
-        )
-        return call.parse(reply)
+        return call.parse(self._call(call.script, call.keys, call.args))
 
     def _range(self, read: RangeRead) -> list[Message]:
         """A range of records and the existence check, read atomically.
@@ -239,7 +236,9 @@ class HotStore:
         return read.parse(exists, records)
 
     def _call(self, name: str, keys: list[str], args: Iterable[Any] = ()) -> Any:
-        return self._redis_call(lambda: self._evalsha(name, keys, list(args)), name)
+        """One script call, redis errors typed: every script of this store runs here."""
+        argv = args if isinstance(args, list) else list(args)
+        return self._redis_call(lambda: self._evalsha(name, keys, argv), name)
 
     def _evalsha(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """``self._scripts[name](keys, args)`` without redis-py's ``Script.__call__``
