@@ -20,8 +20,14 @@ Every ``put`` and ``put_writes`` is one upsert script (``HotStore.upsert``), the
 activity index included. A pending write always follows its checkpoint in the list
 (it is written after ``put`` returned), so a checkpoint and its writes are all in any
 tail of the list that holds the checkpoint: ``get_tuple`` reads growing tails, never
-the whole thread for a recent checkpoint. The async methods run the sync ones in a
-worker thread (``asyncio.to_thread``) until the storage layer has an asyncio client.
+the whole thread for a recent checkpoint.
+
+The async methods that read or write one thread (``aget_tuple``, ``alist``, ``aput``,
+``aput_writes``, ``aget_delta_channel_history``) run on ``redis.asyncio``
+(``storage.aio``) when the saver is given an ``AsyncHotStore`` (``aio=``): the same
+scripts and reads, and only a hydrate from the cold tier goes to a worker thread. The
+others (delete, copy, prune, delete_for_runs: cold-tier and multi-step work), and every
+async method of a saver without ``aio``, run the sync one in a worker thread.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.serde.base import SerializerProtocol
 
+from storage.aio import AsyncHotStore, AsyncThreads
 from storage.errors import InvalidMessage, ThreadExists, ThreadNotFound, VersionConflict
 from storage.records import Message, decode_records
 from storage.results import UpsertResult
@@ -140,12 +147,21 @@ class AgentThreadsSaver(BaseCheckpointSaver[str]):
 
     ``threads`` is a ``storage.tiered.Threads``; its namespace should hold LangGraph
     threads only (``list(None)`` and ``delete_for_runs`` go through all of them).
-    ``serde`` as for any saver (default ``JsonPlusSerializer``).
+    ``serde`` as for any saver (default ``JsonPlusSerializer``). ``aio``: an
+    ``AsyncHotStore`` on the same Redis (``AsyncHotStore.like(threads.hot, async_redis)``)
+    for the async methods' hot path; without it they run the sync ones in a worker thread.
     """
 
-    def __init__(self, threads: Threads, *, serde: SerializerProtocol | None = None) -> None:
+    def __init__(
+        self,
+        threads: Threads,
+        *,
+        serde: SerializerProtocol | None = None,
+        aio: AsyncHotStore | None = None,
+    ) -> None:
         super().__init__(serde=serde)
         self.threads = threads
+        self.aio = None if aio is None else AsyncThreads(threads, aio)
         self._max_id = threads.hot.limits.max_message_id_length
 
     # -- record ids and bodies ------------------------------------------------------
@@ -214,6 +230,22 @@ class AgentThreadsSaver(BaseCheckpointSaver[str]):
                     self.threads.open(thread_id, "new")
         return self.threads.upsert(thread_id, records, replace=replace)
 
+    async def _awrite(
+        self,
+        aio: AsyncThreads,
+        thread_id: str,
+        records: Sequence[Mapping[str, Any]],
+        replace: set[str],
+    ) -> UpsertResult:
+        """``_write`` on the asyncio hot tier."""
+        for _ in range(_ATTEMPTS):
+            try:
+                return await aio.upsert(thread_id, records, replace=replace)
+            except ThreadNotFound:
+                with contextlib.suppress(ThreadExists):
+                    await aio.open(thread_id, "new")
+        return await aio.upsert(thread_id, records, replace=replace)
+
     def put(
         self,
         config: RunnableConfig,
@@ -222,6 +254,20 @@ class AgentThreadsSaver(BaseCheckpointSaver[str]):
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
         """Store a checkpoint and the channel values it changed: one script."""
+        thread_id, records, replace, stored = self._put_records(
+            config, checkpoint, metadata, new_versions
+        )
+        self._write(thread_id, records, replace)
+        return stored
+
+    def _put_records(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> tuple[str, builtins.list[dict[str, Any]], set[str], RunnableConfig]:
+        """What ``put`` writes: (thread id, records, ids to replace, the config to return)."""
         thread_id, namespace = self._address(config)
         parent = config["configurable"].get("checkpoint_id")
         stored: dict[str, Any] = dict(checkpoint)
@@ -253,8 +299,12 @@ class AgentThreadsSaver(BaseCheckpointSaver[str]):
                 },
             }
         )
-        self._write(thread_id, records, {checkpoint_record})
-        return self._config(thread_id, namespace, checkpoint["id"])
+        return (
+            thread_id,
+            records,
+            {checkpoint_record},
+            self._config(thread_id, namespace, checkpoint["id"]),
+        )
 
     def put_writes(
         self,
@@ -266,6 +316,18 @@ class AgentThreadsSaver(BaseCheckpointSaver[str]):
         """Store a task's writes to a checkpoint: one script. A regular write that is
         stored already is kept (a redelivery doubles nothing); a special write
         (error, interrupt, scheduled, resume) replaces the stored one."""
+        found = self._writes_records(config, writes, task_id, task_path)
+        if found is not None:
+            self._write(*found)
+
+    def _writes_records(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str,
+    ) -> tuple[str, builtins.list[dict[str, Any]], set[str]] | None:
+        """What ``put_writes`` writes (thread id, records, ids to replace); None: nothing."""
         thread_id, namespace = self._address(config)
         checkpoint_id = config["configurable"].get("checkpoint_id")
         if not isinstance(checkpoint_id, str):
@@ -273,7 +335,7 @@ class AgentThreadsSaver(BaseCheckpointSaver[str]):
                 "put_writes needs the config of a stored checkpoint (configurable.checkpoint_id)"
             )
         if not writes:
-            return
+            return None
         records: dict[str, dict[str, Any]] = {}
         replace: set[str] = set()
         for position, (channel, value) in enumerate(writes):
@@ -294,7 +356,7 @@ class AgentThreadsSaver(BaseCheckpointSaver[str]):
                 replace.add(record_id)
             else:
                 records.setdefault(record_id, {"id": record_id, "body": body})
-        self._write(thread_id, builtins.list(records.values()), replace)
+        return thread_id, builtins.list(records.values()), replace
 
     # -- reads ----------------------------------------------------------------------
 
@@ -305,13 +367,7 @@ class AgentThreadsSaver(BaseCheckpointSaver[str]):
         Reads tails of the thread's list, each one consistent, 4x longer each time,
         until one holds the checkpoint (its writes follow it); a checkpoint or
         namespace the thread does not have is told by one read of its id."""
-        thread_id, namespace = self._address(config)
-        checkpoint_id = get_checkpoint_id(config)
-        probe = (
-            self._record_id("ns", namespace)
-            if checkpoint_id is None
-            else self._checkpoint_id(namespace, checkpoint_id)
-        )
+        thread_id, namespace, checkpoint_id, probe = self._target(config)
         window = TAIL_RECORDS
         try:
             while True:
@@ -319,7 +375,9 @@ class AgentThreadsSaver(BaseCheckpointSaver[str]):
                 view = _View(records, whole=len(records) < window)
                 found = view.find(namespace, checkpoint_id)
                 if found is not None:
-                    return self._tuple(thread_id, found, view)
+                    missing = self._missing(found, view)
+                    fetched = self.threads.get(thread_id, missing) if missing else {}
+                    return self._tuple(thread_id, found, view, fetched=fetched)
                 if view.whole:
                     return None
                 if window == TAIL_RECORDS and not self.threads.get(thread_id, [probe]):
@@ -328,24 +386,48 @@ class AgentThreadsSaver(BaseCheckpointSaver[str]):
         except ThreadNotFound:
             return None
 
+    def _target(self, config: RunnableConfig) -> tuple[str, str, str | None, str]:
+        """(thread id, namespace, checkpoint id or None, the record id that tells whether
+        the thread has that checkpoint or namespace) of a ``get_tuple``."""
+        thread_id, namespace = self._address(config)
+        checkpoint_id = get_checkpoint_id(config)
+        probe = (
+            self._record_id("ns", namespace)
+            if checkpoint_id is None
+            else self._checkpoint_id(namespace, checkpoint_id)
+        )
+        return thread_id, namespace, checkpoint_id, probe
+
+    def _wanted(self, body: dict[str, Any]) -> tuple[Checkpoint, dict[str, str]]:
+        """A checkpoint record's checkpoint and its channels' value record ids."""
+        checkpoint: Checkpoint = self._loads(body["checkpoint"])
+        wanted = {
+            channel: self._value_id(body["ns"], channel, version)
+            for channel, version in checkpoint.get("channel_versions", {}).items()
+        }
+        return checkpoint, wanted
+
+    def _missing(self, body: dict[str, Any], view: _View) -> builtins.list[str]:
+        """The value records of ``body`` written before the tail ``view`` (read by id)."""
+        if view.whole:
+            return []
+        return [i for i in self._wanted(body)[1].values() if i not in view.values]
+
     def _tuple(
         self,
         thread_id: str,
         body: dict[str, Any],
         view: _View,
         metadata: CheckpointMetadata | None = None,
+        fetched: Mapping[str, Message] | None = None,
     ) -> CheckpointTuple:
+        """The tuple of a checkpoint record, from ``view`` and the value records read by
+        id (``fetched``, for ``_missing``)."""
         namespace, checkpoint_id = body["ns"], body["id"]
-        checkpoint: Checkpoint = self._loads(body["checkpoint"])
-        wanted = {
-            channel: self._value_id(namespace, channel, version)
-            for channel, version in checkpoint.get("channel_versions", {}).items()
-        }
+        checkpoint, wanted = self._wanted(body)
         found = {i: view.values[i] for i in wanted.values() if i in view.values}
-        missing = [i for i in wanted.values() if i not in found]
-        if missing and not view.whole:  # written before the tail that was read
-            fetched = self.threads.get(thread_id, missing)
-            found.update((i, cast(dict[str, Any], r["body"])) for i, r in fetched.items())
+        for i, record in (fetched or {}).items():
+            found.setdefault(i, cast(dict[str, Any], record["body"]))
         checkpoint["channel_values"] = {
             channel: self._loads(found[i]["value"]) for channel, i in wanted.items() if i in found
         }
@@ -387,7 +469,12 @@ class AgentThreadsSaver(BaseCheckpointSaver[str]):
             records = self.threads.load(thread_id)
         except ThreadNotFound:
             return []
-        view = _View(records, whole=True)
+        return self._listed(thread_id, _View(records, whole=True), query, limit)
+
+    def _listed(
+        self, thread_id: str, view: _View, query: _Query, limit: int | None
+    ) -> builtins.list[CheckpointTuple]:
+        """The checkpoints of one thread's whole ``view`` that match ``query``."""
         chosen = [
             body
             for body in view.checkpoints
@@ -590,11 +677,18 @@ class AgentThreadsSaver(BaseCheckpointSaver[str]):
         reads one checkpoint per ancestor)."""
         if not channels:
             return {}
-        thread_id, namespace = self._address(config)
+        thread_id, _ = self._address(config)
         try:
-            view = _View(self.threads.load(thread_id), whole=True)
+            records = self.threads.load(thread_id)
         except ThreadNotFound:
-            view = _View([], whole=True)
+            records = []
+        return self._delta_history(_View(records, whole=True), config, channels)
+
+    def _delta_history(
+        self, view: _View, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        """``get_delta_channel_history`` over one read of the whole thread."""
+        _, namespace = self._address(config)
         target = view.find(namespace, get_checkpoint_id(config))
         collected: dict[str, builtins.list[PendingWrite]] = {c: [] for c in channels}
         seeds: dict[str, Any] = {}
@@ -631,10 +725,41 @@ class AgentThreadsSaver(BaseCheckpointSaver[str]):
         counter = 0 if current is None else int(str(current).split(".")[0])
         return f"{counter + 1:032d}.{secrets.randbelow(10**16):016d}"
 
-    # -- async: the sync methods in a worker thread --------------------------------
+    # -- async: on redis.asyncio with ``aio``, else the sync methods in a thread -------
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        return await asyncio.to_thread(self.get_tuple, config)
+        """``get_tuple``: the same tails and reads by id, awaited on redis.asyncio."""
+        if self.aio is None:
+            return await asyncio.to_thread(self.get_tuple, config)
+        thread_id, namespace, checkpoint_id, probe = self._target(config)
+        window = TAIL_RECORDS
+        try:
+            while True:
+                records = await self.aio.load(thread_id, -window, -1)
+                view = _View(records, whole=len(records) < window)
+                found = view.find(namespace, checkpoint_id)
+                if found is not None:
+                    missing = self._missing(found, view)
+                    fetched = await self.aio.get(thread_id, missing) if missing else {}
+                    return self._tuple(thread_id, found, view, fetched=fetched)
+                if view.whole:
+                    return None
+                if window == TAIL_RECORDS and not await self.aio.get(thread_id, [probe]):
+                    return None
+                window *= 4
+        except ThreadNotFound:
+            return None
+
+    async def _alist_thread(
+        self, thread_id: str, query: _Query, limit: int | None
+    ) -> builtins.list[CheckpointTuple]:
+        if self.aio is None:
+            return await asyncio.to_thread(self._list_thread, thread_id, query, limit)
+        try:
+            records = await self.aio.load(thread_id)
+        except ThreadNotFound:
+            return []
+        return self._listed(thread_id, _View(records, whole=True), query, limit)
 
     async def alist(
         self,
@@ -653,7 +778,7 @@ class AgentThreadsSaver(BaseCheckpointSaver[str]):
         for tid in thread_ids:
             if left is not None and left <= 0:
                 return
-            found = await asyncio.to_thread(self._list_thread, tid, query, left)
+            found = await self._alist_thread(tid, query, left)
             for item in found:
                 yield item
             if left is not None:
@@ -666,7 +791,13 @@ class AgentThreadsSaver(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        return await asyncio.to_thread(self.put, config, checkpoint, metadata, new_versions)
+        if self.aio is None:
+            return await asyncio.to_thread(self.put, config, checkpoint, metadata, new_versions)
+        thread_id, records, replace, stored = self._put_records(
+            config, checkpoint, metadata, new_versions
+        )
+        await self._awrite(self.aio, thread_id, records, replace)
+        return stored
 
     async def aput_writes(
         self,
@@ -675,7 +806,12 @@ class AgentThreadsSaver(BaseCheckpointSaver[str]):
         task_id: str,
         task_path: str = "",
     ) -> None:
-        await asyncio.to_thread(self.put_writes, config, writes, task_id, task_path)
+        if self.aio is None:
+            await asyncio.to_thread(self.put_writes, config, writes, task_id, task_path)
+            return
+        found = self._writes_records(config, writes, task_id, task_path)
+        if found is not None:
+            await self._awrite(self.aio, *found)
 
     async def adelete_thread(self, thread_id: str) -> None:
         await asyncio.to_thread(self.delete_thread, thread_id)
@@ -692,6 +828,13 @@ class AgentThreadsSaver(BaseCheckpointSaver[str]):
     async def aget_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]
     ) -> Mapping[str, DeltaChannelHistory]:
-        return await asyncio.to_thread(
-            lambda: self.get_delta_channel_history(config=config, channels=channels)
-        )
+        if self.aio is None or not channels:
+            return await asyncio.to_thread(
+                lambda: self.get_delta_channel_history(config=config, channels=channels)
+            )
+        thread_id, _ = self._address(config)
+        try:
+            records = await self.aio.load(thread_id)
+        except ThreadNotFound:
+            records = []
+        return self._delta_history(_View(records, whole=True), config, channels)

@@ -1,7 +1,9 @@
 """agent-threads storage: the Redis hot tier (``hot.py``, one Lua script per mutation),
 the cold tier (``cold.py``: S3 or files; ``archive.py``: a CAS-protected manifest over
 a base and append-only segments), and ``tiered.py`` ``Threads``, which moves threads
-between them (hydrate, flush, evict, lease, turns).
+between them (hydrate, flush, evict, lease, turns). ``aio.py`` is the hot tier for
+asyncio code (``AsyncHotStore``, ``AsyncThreads``: the same scripts through the same
+pure calls, ``calls.py``).
 
 No Celery and no provider SDK is imported here.
 """
@@ -30,6 +32,7 @@ from storage.results import (
     AppendResult,
     ForkResult,
     Lease,
+    PopResult,
     StateResult,
     ThreadInfo,
     TruncateResult,
@@ -53,6 +56,7 @@ __all__ = [
     "LeaseLost",
     "Limits",
     "Message",
+    "PopResult",
     "SnapshotCorrupt",
     "StateResult",
     "ThreadExists",

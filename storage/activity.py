@@ -25,6 +25,7 @@ from typing import Any
 
 import redis
 
+from storage.calls import script_source
 from storage.errors import HotStoreFull
 from storage.keys import KeyLayout
 from storage.results import ReconcileReport
@@ -54,8 +55,6 @@ class ActivityIndex:
         self.redis = client
         self.layout = layout
         self._call = call
-        from storage.hot import script_source  # the Lua loader lives with HotStore
-
         self._release = client.register_script(script_source("release_lock"))
 
     def _best_effort(self, action: Callable[[], Any], what: str) -> None:

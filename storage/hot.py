@@ -5,7 +5,9 @@ Redis Cluster slots is one script per slot, see ``_fork_by_copy``).
 Each public method validates its input in Python (raising a typed error before
 any I/O), makes one script call, and turns the script's reply into a typed
 result or a typed error. Scripts read and check first and write last, so a
-refused call writes nothing.
+refused call writes nothing. The validation, the argv and the reply parsing of the
+single-script operations live in storage/calls.py, shared with the asyncio store
+(storage/aio.py): here they are only run.
 """
 
 from __future__ import annotations
@@ -17,62 +19,51 @@ import json
 import uuid
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
-from functools import cache
-from importlib import resources
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import redis
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.crc import key_slot
-from redis.exceptions import (
-    AuthenticationError,
-    AuthorizationError,
-    BusyLoadingError,
-    ClusterError,
-    MasterDownError,
-    NoPermissionError,
-    NoScriptError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    RedisError,
-    SlotNotCoveredError,
-    TryAgainError,
-)
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import NoScriptError, RedisError
 
 from storage.activity import ActivityIndex
 from storage.archive import Layout
+from storage.calls import ACTIVITY_REFRESH_MS as ACTIVITY_REFRESH_MS
+from storage.calls import DEFAULT_TTL_SECONDS as DEFAULT_TTL_SECONDS
+from storage.calls import (
+    SCRIPT_NAMES,
+    HotCalls,
+    RangeRead,
+    ScriptCall,
+    checked,
+    checked_any,
+    expected_arg,
+    optional_int,
+    pairs,
+    parse_written,
+    redis_error,
+    text,
+)
+from storage.calls import new_epoch as new_epoch
+from storage.calls import script_source as script_source
 from storage.errors import (
-    HotStoreAccessDenied,
-    HotStoreFull,
     HotStoreUnavailable,
     InvalidMessage,
     InvalidThreadId,
-    LeaseHeld,
-    LeaseLost,
     ListRewritten,
     ThreadExists,
-    ThreadNotFound,
-    VersionConflict,
 )
-from storage.keys import KeyLayout, ThreadKeys, validate_message_id, validate_thread_id
+from storage.keys import KeyLayout, ThreadKeys, validate_message_id
 from storage.limits import DEFAULT_LIMITS, Limits
-from storage.records import (
-    Message,
-    decode_records,
-    decode_state,
-    encode_batch,
-    encode_message,
-    encode_state,
-)
+from storage.records import Message, decode_records, decode_state, encode_batch, encode_state
 from storage.results import (
     AppendResult,
     FlushCommit,
     FlushSource,
     ForkResult,
     Lease,
+    PopResult,
     ReconcileReport,
     StateResult,
     ThreadInfo,
@@ -82,11 +73,11 @@ from storage.results import (
 )
 from storage.snapshot import Snapshot, decode_last_merge
 
+R = TypeVar("R")
 RedisClient: TypeAlias = "redis.Redis | redis.RedisCluster"
 ForkTransform: TypeAlias = Callable[[list[Message]], Iterable[Mapping[str, Any]]]
 """Maps the records a fork copies to the records the fork gets (pure: it may run again)."""
 
-DEFAULT_TTL_SECONDS = 90 * 24 * 3600
 STAGING_TTL_MS = 10 * 60 * 1000
 """Staging keys of an interrupted large hydrate or fork expire after this long."""
 _READ_ATTEMPTS = 5
@@ -95,71 +86,6 @@ CHUNK_RECORDS = 2000
 CHUNK_BYTES = 8 * 1024 * 1024
 """Record bytes per script call: chunks stop here too, so one call never carries
 ``CHUNK_RECORDS`` records of up to 1 MiB each."""
-ACTIVITY_REFRESH_MS = 60_000
-"""Default ``activity_refresh_ms``: an append asks for an index write at most this often."""
-
-_SCRIPT_NAMES = (
-    "create",
-    "append",
-    "info",
-    "fork",
-    "fork_read",
-    "fork_write",
-    "truncate",
-    "replace",
-    "put_record",
-    "upsert",
-    "save_state",
-    "load_state",
-    "delete",
-    "acquire_lease",
-    "release_lease",
-    "flush_read",
-    "flush_commit",
-    "restore",
-    "tombstone",
-    "get",
-    "turn_submit",
-    "turn_begin",
-    "turn_heartbeat",
-    "turn_end",
-    "turn_wake",
-    "turn_note",
-)
-
-
-_SCRIPT_PARTS: dict[str, tuple[str, ...]] = {
-    # the source and destination halves of a fork, the same across slots or not
-    "fork": ("_fork",),
-    "fork_read": ("_fork",),
-    "fork_write": ("_fork",),
-    # the turn record (storage/turns.py)
-    **{name: ("_turn",) for name in _SCRIPT_NAMES if name.startswith("turn_")},
-}
-"""Shared Lua parts (``lua/_<part>.lua``) a script needs after the prelude."""
-
-
-@cache
-def script_source(name: str) -> str:
-    """The Lua source of one operation: the shared prelude, the shared parts it
-    uses (``_SCRIPT_PARTS``), then its own file."""
-    folder = resources.files("storage") / "lua"
-    parts = ("_prelude", *_SCRIPT_PARTS.get(name, ()), name)
-    return "\n".join((folder / f"{part}.lua").read_text(encoding="utf-8") for part in parts)
-
-
-def new_epoch() -> str:
-    """A random id for one incarnation of a thread (create or fork); kept across tiers."""
-    return uuid.uuid4().hex
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def _pairs(flat: list[Any]) -> dict[str, str]:
-    """A flat HGETALL reply as a dict of str."""
-    return {_text(k): _text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
 
 
 def _flat(value: Any) -> list[Any]:
@@ -169,15 +95,11 @@ def _flat(value: Any) -> list[Any]:
     return list(value)
 
 
-def _optional_int(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
 def _ledger_order(thread_id: str, length: int, flat: list[Any]) -> tuple[list[str], list[str]]:
     """A ledger (flat HGETALL of id -> position) as (ids in list order, retired ids)."""
     ids: list[str | None] = [None] * length
     retired: list[str] = []
-    for message_id, position in _pairs(flat).items():
+    for message_id, position in pairs(flat).items():
         if int(position) < 0:
             retired.append(message_id)
         elif int(position) < length:
@@ -187,15 +109,6 @@ def _ledger_order(thread_id: str, length: int, flat: list[Any]) -> tuple[list[st
     if len(ordered) != length:
         raise RuntimeError(f"ledger of thread {thread_id!r} does not cover its list")
     return ordered, sorted(retired)
-
-
-def _expected(version: int | None) -> str:
-    """``expected_version`` as a script argument ('' = no check)."""
-    if version is None:
-        return ""
-    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-        raise ValueError(f"expected_version must be an int >= 0 or None, got {version!r}")
-    return str(version)
 
 
 def _spans(records: Sequence[str | bytes], chunk_size: int) -> list[tuple[int, int]]:
@@ -243,31 +156,54 @@ class HotStore:
         keep_unarchived: bool = False,
         activity_refresh_ms: int = ACTIVITY_REFRESH_MS,
     ) -> None:
-        if ttl_seconds is not None and ttl_seconds < 1:
-            raise ValueError("ttl_seconds must be >= 1 or None")
-        if archive_marker_ttl_seconds < 1:
-            raise ValueError("archive_marker_ttl_seconds must be >= 1")
-        if activity_refresh_ms < 0:
-            raise ValueError("activity_refresh_ms must be >= 0")
         self.redis = redis
-        self.layout = KeyLayout(namespace)
-        self.limits = limits
-        self._expiry_ms = 0 if ttl_seconds is None else ttl_seconds * 1000
-        self.keep_unarchived = keep_unarchived
-        self._marker_ttl_ms = archive_marker_ttl_seconds * 1000
-        self.activity_refresh_ms = activity_refresh_ms
+        self.calls = HotCalls(
+            namespace=namespace,
+            ttl_seconds=ttl_seconds,
+            limits=limits,
+            archive_marker_ttl_seconds=archive_marker_ttl_seconds,
+            keep_unarchived=keep_unarchived,
+            activity_refresh_ms=activity_refresh_ms,
+        )
+        """Input -> script call, reply -> result (storage/calls.py); also the settings."""
         self.activity = ActivityIndex(redis, self.layout, self._redis_call)
         # a standalone Redis runs a script over keys of any slot: append marks the index
         self._index_in_script = not isinstance(redis, RedisCluster)
         self._scripts: dict[str, Script] = {
-            name: redis.register_script(script_source(name)) for name in _SCRIPT_NAMES
+            name: redis.register_script(script_source(name)) for name in SCRIPT_NAMES
         }
 
     @property
+    def layout(self) -> KeyLayout:
+        return self.calls.layout
+
+    @property
+    def limits(self) -> Limits:
+        return self.calls.limits
+
+    @property
+    def keep_unarchived(self) -> bool:
+        return self.calls.keep_unarchived
+
+    @keep_unarchived.setter
+    def keep_unarchived(self, value: bool) -> None:
+        self.calls.keep_unarchived = value
+
+    @property
+    def activity_refresh_ms(self) -> int:
+        return self.calls.activity_refresh_ms
+
+    @activity_refresh_ms.setter
+    def activity_refresh_ms(self, value: int) -> None:
+        self.calls.activity_refresh_ms = value
+
+    @property
     def _ttl_ms(self) -> int:
-        """The scripts' expiry argument (``touch`` in _prelude.lua): negative when the
-        TTL may only run on archived threads."""
-        return -self._expiry_ms if self.keep_unarchived else self._expiry_ms
+        return self.calls.ttl_ms
+
+    @property
+    def _marker_ttl_ms(self) -> int:
+        return self.calls.marker_ttl_ms
 
     @property
     def namespace(self) -> str:
@@ -275,10 +211,34 @@ class HotStore:
 
     def keys(self, thread_id: str) -> ThreadKeys:
         """The validated keys of ``thread_id``."""
-        return self.layout.thread(validate_thread_id(thread_id, self.limits))
+        return self.calls.keys(thread_id)
+
+    def _run(self, call: ScriptCall[R]) -> R:
+        """Run one script call built by ``self.calls`` and parse its reply."""
+        return call.parse(self._call(call.script, call.keys, call.args))
+
+    def _range(self, read: RangeRead) -> list[Message]:
+        """A range of records and the existence check, read atomically.
+
+        A MULTI/EXEC transaction, not a script: the existence check and the range
+        are read atomically either way, but a script copies every record through
+        Lua (10,000 records took 150 ms inside Redis against 2 ms for LRANGE).
+        """
+
+        def transaction() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.exists(read.meta)
+            pipe.lrange(read.msgs, read.start, read.stop)
+            result: list[Any] = pipe.execute()
+            return result
+
+        exists, records = self._redis_call(transaction, "load")
+        return read.parse(exists, records)
 
     def _call(self, name: str, keys: list[str], args: Iterable[Any] = ()) -> Any:
-        return self._redis_call(lambda: self._scripts[name](keys=keys, args=list(args)), name)
+        """One script call, redis errors typed: every script of this store runs here."""
+        argv = args if isinstance(args, list) else list(args)
+        return self._redis_call(lambda: self._evalsha(name, keys, argv), name)
 
     def _evalsha(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """``self._scripts[name](keys, args)`` without redis-py's ``Script.__call__``
@@ -288,21 +248,6 @@ class HotStore:
             return self.redis.evalsha(script.sha, len(keys), *keys, *args)
         except NoScriptError:  # a restarted or other server: Script loads it again
             return script(keys=keys, args=args)
-
-    def _checked(self, thread_id: str, reply: Any) -> list[Any]:
-        """Raise the typed error for a script's refusal; return the 'ok' reply."""
-        status = _text(reply[0])
-        if status == "ok":
-            return list(reply)
-        if status == "not_found":
-            raise ThreadNotFound(thread_id)
-        raise RuntimeError(f"unexpected script reply {reply!r} for thread {thread_id!r}")
-
-    def _checked_any(self, thread_id: str, reply: Any) -> list[Any]:
-        """Like ``_checked``, but any status other than not_found is an answer."""
-        if _text(reply[0]) == "not_found":
-            raise ThreadNotFound(thread_id)
-        return list(reply)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -320,15 +265,7 @@ class HotStore:
         (e.g. a turn id) is recorded so a redelivery can recognise its own thread.
         A thread evicted to the cold tier raises ``ThreadExists`` (hydrate it).
         """
-        keys = self.keys(thread_id)
-        if creator is not None:
-            validate_message_id(creator, self.limits, what="creator")
-        encoded = b"" if state is None else encode_state(state, self.limits)
-        args = [self._ttl_ms, "0" if state is None else "1", encoded, new_epoch(), creator or ""]
-        reply = self._call("create", keys.data, args)
-        if _text(reply[0]) == "archived":
-            raise ThreadExists(thread_id, "it is archived in the cold tier; hydrate it instead")
-        return bool(self._checked(thread_id, reply)[1])
+        return self._run(self.calls.create(thread_id, state, creator))
 
     def exists(self, thread_id: str) -> bool:
         meta = self.keys(thread_id).meta
@@ -339,14 +276,12 @@ class HotStore:
         ``ThreadKeys.tomb``) if it was hot, evicted, or ``archived`` (the caller saw
         its archive); ``tombstone=False``: an import replacing the hot copy by its
         archive. True if it existed hot. Idempotent."""
-        ttl = self._marker_ttl_ms if tombstone else 0
-        args = [ttl, "1" if archived else "0"]
-        return bool(self._call("delete", self.keys(thread_id).data, args))
+        return self._run(self.calls.delete(thread_id, tombstone, archived))
 
     def tombstone(self, thread_id: str) -> bool:
         """Tombstone a thread that is not in use (not hot, no eviction marker) before its
         archive is pruned; False, and nothing written, if it is in use."""
-        return bool(self._call("tombstone", self.keys(thread_id).data, [self._marker_ttl_ms]))
+        return self._run(self.calls.tombstone(thread_id))
 
     def deleted_since(self, thread_id: str, created_ms: int) -> bool:
         """Whether a delete or prune tombstoned the incarnation created at ``created_ms``."""
@@ -368,7 +303,7 @@ class HotStore:
         found = self._redis_call(
             lambda: self.redis.hmget(meta, "cold_etag", "version", "head", f"read:{version}")
         )
-        cold_etag, current, current_head, read = (None if v is None else _text(v) for v in found)
+        cold_etag, current, current_head, read = (None if v is None else text(v) for v in found)
         if current is None:
             # the copy is gone: a newer flush of it evicted it (its archive is this one
             # or later) or it was deleted; there is nothing of it to keep or merge
@@ -399,102 +334,30 @@ class HotStore:
         standalone Redis, so the append stays one round trip; on Redis Cluster the
         index lives in other slots and is marked after the script.
         """
-        keys = self.keys(thread_id)
-        if owner is not None:
-            validate_message_id(owner, self.limits, what="lease owner")
-        batch = encode_batch(messages, self.limits)
-        script_keys = keys.data
-        member = ""
-        if index and self._index_in_script:
-            script_keys = [*script_keys, self.layout.activity_of(thread_id)]
-            member = thread_id
-        args: list[Any] = [self._ttl_ms, owner or "", self.activity_refresh_ms, member]
-        for item in batch:
-            args += item
-        reply = self._redis_call(lambda: self._evalsha("append", script_keys, args), "append")
-        if _text(reply[0]) == "lease_lost":
-            raise LeaseLost(thread_id, owner or "", _text(reply[1]) or None)
-        _, flags, length, version, due = self._checked(thread_id, reply)
-        flags = _text(flags)
-        if "0" in flags:
-            appended = tuple(m.id for m, f in zip(batch, flags, strict=True) if f == "1")
-            skipped = tuple(m.id for m, f in zip(batch, flags, strict=True) if f == "0")
-        else:  # the usual case: everything was new
-            appended, skipped = tuple(m.id for m in batch), ()
-        if due and index and not member:
-            self.mark_active(thread_id)
-        return AppendResult(
-            appended_ids=appended,
-            skipped_ids=skipped,
-            length=int(length),
-            version=int(version),
-            index_due=bool(due),
+        result = self._run(
+            self.calls.append(thread_id, messages, owner, index and self._index_in_script)
         )
+        if result.index_due and index and not self._index_in_script:
+            self.mark_active(thread_id)
+        return result
 
     def load(self, thread_id: str, start: int = 0, stop: int = -1) -> list[Message]:
-        """Records from ``start`` to ``stop`` inclusive (negative counts from the end).
-
-        A MULTI/EXEC transaction, not a script: the existence check and the range
-        are read atomically either way, but a script copies every record through
-        Lua (10,000 records took 150 ms inside Redis against 2 ms for LRANGE).
-        """
-        keys = self.keys(thread_id)
-
-        def read() -> list[Any]:
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.exists(keys.meta)
-            pipe.lrange(keys.msgs, int(start), int(stop))
-            result: list[Any] = pipe.execute()
-            return result
-
-        exists, records = self._redis_call(read)
-        if not exists:
-            raise ThreadNotFound(thread_id)
-        return decode_records(records)
+        """Records from ``start`` to ``stop`` inclusive (negative counts from the end), with
+        the existence check, atomically (one MULTI/EXEC: see ``_range``)."""
+        return self._range(self.calls.load(thread_id, start, stop))
 
     def get(self, thread_id: str, ids: Sequence[str]) -> dict[str, Message]:
         """The records with these ids that the thread holds (id -> record), found
         through the ledger: O(len(ids)), whatever the thread's length."""
-        for message_id in ids:
-            validate_message_id(message_id, self.limits)
-        if not ids:
-            self.info(thread_id)  # still refuse an unknown thread
-            return {}
-        reply = self._checked(thread_id, self._call("get", self.keys(thread_id).data, ids))
-        found = [(i, raw) for i, raw in zip(ids, reply[1:], strict=True) if raw]
-        return {r["id"]: r for r in decode_records([raw for _, raw in found])}
+        return self._run(self.calls.get(thread_id, ids))
 
     def tail(self, thread_id: str, n: int) -> list[Message]:
         """The last ``n`` records."""
-        if n < 0:
-            raise ValueError("n must be >= 0")
-        if n == 0:
-            self.info(thread_id)  # still refuse an unknown thread
-            return []
-        return self.load(thread_id, -n, -1)
+        read = self.calls.tail(thread_id, n)
+        return self._range(read) if isinstance(read, RangeRead) else self._run(read)
 
     def info(self, thread_id: str) -> ThreadInfo:
-        reply = self._checked(thread_id, self._call("info", self.keys(thread_id).data))
-        _, length, flat, lease_owner, lease_pttl, meta_pttl = reply
-        meta = _pairs(flat)
-        owner = _text(lease_owner) or None
-        return ThreadInfo(
-            thread_id=thread_id,
-            length=int(length),
-            version=int(meta.get("version", 0)),
-            created_ms=int(meta.get("created", 0)),
-            updated_ms=int(meta.get("updated", 0)),
-            parent=meta.get("parent") or None,
-            fork_point=meta.get("fork_point") or None,
-            cold_version=_optional_int(meta.get("cold_version")),
-            cold_etag=meta.get("cold_etag") or None,
-            creator=meta.get("creator") or None,
-            epoch=meta.get("epoch", ""),
-            lease_owner=owner,
-            lease_ttl_ms=int(lease_pttl) if owner else None,
-            ttl_ms=int(meta_pttl) if int(meta_pttl) >= 0 else None,
-            last_merge=decode_last_merge(meta.get("last_merge")),
-        )
+        return self._run(self.calls.info(thread_id))
 
     def length(self, thread_id: str) -> int:
         return self.info(thread_id).length
@@ -535,13 +398,13 @@ class HotStore:
             reply = self._call("fork", dst.data + src.data, args)
         else:
             reply = self._fork_by_copy(source_id, src, dst, point, chunk_size, transform)
-        status = _text(reply[0])
+        status = text(reply[0])
         if status == "archived":
             raise ThreadExists(dest_id, "it is archived in the cold tier; hydrate it first")
         if status == "no_message":
             raise InvalidMessage(f"message {up_to_id!r} is not in thread {source_id!r}")
         if status == "exists":
-            parent, fork_point = _text(reply[1]), _text(reply[2])
+            parent, fork_point = text(reply[1]), text(reply[2])
             origin = (
                 f"a fork of {parent!r} at {fork_point or 'its end'!r}" if parent else "a thread"
             )
@@ -551,7 +414,7 @@ class HotStore:
                 f"the staged copy of {source_id!r} into {dest_id!r} expired or was evicted "
                 "before the swap; nothing was written, retry the fork"
             )
-        _, created, length, version = self._checked(source_id, reply)
+        _, created, length, version = checked(source_id, reply)
         return ForkResult(created=bool(created), length=int(length), version=int(version))
 
     def _one_slot(self, first: ThreadKeys, second: ThreadKeys) -> bool:
@@ -582,7 +445,7 @@ class HotStore:
         sees a partial fork and a repeat or a concurrent duplicate is still a no-op.
         """
         read = self._call("fork_read", src.data, [point])
-        if _text(read[0]) != "ok":
+        if text(read[0]) != "ok":
             return list(read)
         _, records, ledger, state = read
         ids, retired = _ledger_order(source_id, len(records), ledger)
@@ -627,17 +490,13 @@ class HotStore:
         ``owner``, a truncate that would remove something is refused with
         ``LeaseLost`` (nothing written) unless that owner holds the lease.
         """
-        keys = self.keys(thread_id)
-        mid = validate_message_id(message_id, self.limits)
-        if owner is not None:
-            validate_message_id(owner, self.limits, what="lease owner")
-        reply = self._call("truncate", keys.data, [self._ttl_ms, mid, owner or ""])
-        if _text(reply[0]) == "lease_lost":
-            raise LeaseLost(thread_id, owner or "", _text(reply[1]) or None)
-        _, removed, length, version = self._checked(thread_id, reply)
-        return TruncateResult(
-            removed_ids=tuple(_text(i) for i in removed), length=int(length), version=int(version)
-        )
+        return self._run(self.calls.truncate(thread_id, message_id, owner))
+
+    def pop(self, thread_id: str, *, owner: str | None = None) -> PopResult:
+        """Remove and return the last record (``record`` None: the thread was empty,
+        nothing changed); its id may be appended again. One script (pop.lua), a rewrite
+        of the list like ``truncate_from``. ``owner`` as in ``truncate_from``."""
+        return self._run(self.calls.pop(thread_id, owner))
 
     def replace_all(
         self,
@@ -658,7 +517,7 @@ class HotStore:
         """
         keys = self.keys(thread_id)
         batch = encode_batch(messages, self.limits, unique=True, whole_thread=True)
-        expected = _expected(expected_version)
+        expected = expected_arg(expected_version)
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
         ids, records = [m.id for m in batch], [m.record for m in batch]
@@ -667,7 +526,7 @@ class HotStore:
         header = [self._ttl_ms, expected, "inline" if len(spans) == 1 else "staged", len(batch)]
         if len(spans) == 1:
             reply = self._call("replace", keys.data + staging, [*header, *ids, *records])
-            return self._written(thread_id, expected_version, reply)
+            return parse_written(thread_id, expected_version, reply)
         try:
             if not self._stage(keys, staging, ids, records, (), spans):
                 reply = ["incomplete"]
@@ -675,7 +534,7 @@ class HotStore:
                 reply = self._call("replace", keys.data + staging, header)
         finally:
             self._discard(staging)
-        return self._written(thread_id, expected_version, reply)
+        return parse_written(thread_id, expected_version, reply)
 
     def put_record(
         self,
@@ -691,11 +550,7 @@ class HotStore:
         nothing. A retired id is inserted again (an explicit write, not a late
         redelivery). ``expected_version`` as in ``replace_all``.
         """
-        keys = self.keys(thread_id)
-        item = encode_message(record, self.limits)
-        expected = _expected(expected_version)
-        args = [self._ttl_ms, expected, "1" if first else "0", item.id, item.record]
-        return self._written(thread_id, expected_version, self._call("put_record", keys.data, args))
+        return self._run(self.calls.put_record(thread_id, record, first, expected_version))
 
     def upsert(
         self,
@@ -714,67 +569,21 @@ class HotStore:
         A replacement is a rewrite of the list (the next flush uploads a new base),
         an append is not; see docs/storage.md.
         """
-        keys = self.keys(thread_id)
-        batch = encode_batch(messages, self.limits, unique=True)
-        replacing = set(replace)
-        stray = replacing - {item.id for item in batch}
-        if stray:
-            raise InvalidMessage(
-                f"replace names ids that are not in the batch: {sorted(map(str, stray))[:5]}"
-            )
-        script_keys = keys.data
-        member = ""
-        if index and self._index_in_script:
-            script_keys = [*script_keys, self.layout.activity_of(thread_id)]
-            member = thread_id
-        args: list[Any] = [self._ttl_ms, self.activity_refresh_ms, member]
-        for item in batch:
-            args += ("r" if item.id in replacing else "i", item.id, item.record)
-        reply = self._redis_call(lambda: self._evalsha("upsert", script_keys, args), "upsert")
-        _, flags, length, version, due = self._checked(thread_id, reply)
-        flags = _text(flags)
-        by_flag: dict[str, list[str]] = {"0": [], "1": [], "2": []}
-        for item, flag in zip(batch, flags, strict=True):
-            by_flag[flag].append(item.id)
-        if due and index and not member:
+        in_script = index and self._index_in_script
+        result = self._run(self.calls.upsert(thread_id, messages, replace, in_script))
+        if result.index_due and index and not self._index_in_script:
             self.mark_active(thread_id)
-        return UpsertResult(
-            appended_ids=tuple(by_flag["1"]),
-            replaced_ids=tuple(by_flag["2"]),
-            unchanged_ids=tuple(by_flag["0"]),
-            length=int(length),
-            version=int(version),
-            index_due=bool(due),
-        )
-
-    def _written(self, thread_id: str, expected: int | None, reply: Any) -> WriteResult:
-        """The ``WriteResult`` of a replace or put_record reply, or its typed error."""
-        status = _text(reply[0])
-        if status == "conflict":
-            raise VersionConflict(thread_id, expected or 0, int(reply[1]))
-        if status == "incomplete":
-            raise HotStoreUnavailable(
-                f"the staged list of thread {thread_id!r} expired before the swap; "
-                "nothing was written, retry the replace"
-            )
-        _, changed, length, version = self._checked(thread_id, reply)
-        return WriteResult(changed=bool(changed), length=int(length), version=int(version))
+        return result
 
     # -- state -------------------------------------------------------------
 
     def save_state(self, thread_id: str, state: Mapping[str, Any]) -> StateResult:
         """Replace the thread's JSON state slice (an identical state is a no-op)."""
-        keys = self.keys(thread_id)
-        encoded = encode_state(state, self.limits)
-        _, changed, version = self._checked(
-            thread_id, self._call("save_state", keys.data, [self._ttl_ms, encoded])
-        )
-        return StateResult(changed=bool(changed), version=int(version))
+        return self._run(self.calls.save_state(thread_id, state))
 
     def load_state(self, thread_id: str) -> dict[str, Any]:
         """The thread's state slice; ``{}`` when none was saved."""
-        reply = self._checked(thread_id, self._call("load_state", self.keys(thread_id).data))
-        return decode_state(reply[1] or None)
+        return self._run(self.calls.load_state(thread_id))
 
     # -- lease -------------------------------------------------------------
 
@@ -783,23 +592,11 @@ class HotStore:
 
         Another holder raises ``LeaseHeld`` (transient: retry with backoff).
         """
-        keys = self.keys(thread_id)
-        validate_message_id(owner, self.limits, what="lease owner")
-        if ttl_ms < 1:
-            raise ValueError("ttl_ms must be >= 1")
-        reply = self._call("acquire_lease", keys.data, [owner, int(ttl_ms)])
-        if _text(reply[0]) == "held":
-            raise LeaseHeld(thread_id, _text(reply[1]), int(reply[2]))
-        if _text(reply[0]) == "finished":
-            return Lease(owner=owner, ttl_ms=0, renewed=False, finished=True)
-        _, renewed = self._checked(thread_id, reply)
-        return Lease(owner=owner, ttl_ms=int(ttl_ms), renewed=bool(renewed))
+        return self._run(self.calls.acquire_lease(thread_id, owner, ttl_ms))
 
     def release_lease(self, thread_id: str, owner: str) -> bool:
         """Release the lease if ``owner`` holds it; True if released. Idempotent."""
-        keys = self.keys(thread_id)
-        validate_message_id(owner, self.limits, what="lease owner")
-        return bool(self._call("release_lease", keys.data, [owner]))
+        return self._run(self.calls.release_lease(thread_id, owner))
 
     # -- activity index (sharded ZSETs outside the threads' slots: storage/activity.py) --
 
@@ -840,36 +637,11 @@ class HotStore:
         is in docs/reliability.md, "Failover and a full Redis")."""
         try:
             return action()
-        except (AuthenticationError, AuthorizationError, NoPermissionError) as exc:
-            # before ConnectionError: a wrong password is one, but retrying cannot help
-            raise HotStoreAccessDenied(
-                f"Redis refused {what} in namespace {self.namespace!r}: {exc}"
-            ) from exc
-        except OutOfMemoryError as exc:
-            raise HotStoreFull(
-                f"Redis is full (maxmemory under noeviction) and refused {what}; nothing "
-                f"was written: run an idle flush (agent-threads flush --all-idle) or raise "
-                f"maxmemory, then retry: {exc}"
-            ) from exc
-        except BusyLoadingError as exc:  # before ConnectionError, which it is
-            raise HotStoreUnavailable(
-                f"Redis is loading its data set (a restart) during {what}; retry when "
-                f"it has loaded: {exc}"
-            ) from exc
-        except (ReadOnlyError, MasterDownError) as exc:
-            raise HotStoreUnavailable(
-                f"Redis answered {what} from a replica ({exc}): a failover is under way "
-                "or the client points at a replica; retry once a master serves it"
-            ) from exc
-        except (ClusterError, SlotNotCoveredError, TryAgainError) as exc:
-            # ClusterDownError is a ClusterError; redis-py reports MOVED, ASK and
-            # TRYAGAIN it could not follow in time as ClusterError("TTL exhausted")
-            raise HotStoreUnavailable(
-                f"Redis Cluster could not serve {what} (a failover or a slot migration "
-                f"is under way); retry when the cluster is ok: {exc}"
-            ) from exc
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise HotStoreUnavailable(f"Redis unavailable during {what}; retry: {exc}") from exc
+        except RedisError as exc:
+            typed = redis_error(exc, what, self.namespace)
+            if typed is None:
+                raise
+            raise typed from exc
 
     # -- tiering (the hot halves of Threads.flush / Threads.hydrate) -----------
 
@@ -884,16 +656,16 @@ class HotStore:
         if release_owner is not None:
             validate_message_id(release_owner, self.limits, what="lease owner")
         args = ["1" if force else "0", release_owner or ""]
-        reply = self._checked_any(thread_id, self._call("flush_read", keys.data, args))
-        meta = _pairs(reply[1])
+        reply = checked_any(thread_id, self._call("flush_read", keys.data, args))
+        meta = pairs(reply[1])
         source = FlushSource(
             version=int(meta["version"]),
             epoch=meta.get("epoch", ""),
-            cold_version=_optional_int(meta.get("cold_version")),
+            cold_version=optional_int(meta.get("cold_version")),
             cold_etag=meta.get("cold_etag") or None,
             snapshot=None,
         )
-        if _text(reply[0]) == "unchanged":
+        if text(reply[0]) == "unchanged":
             return source
         header = Snapshot(
             thread_id=thread_id,
@@ -911,7 +683,7 @@ class HotStore:
             head=meta.get("head", ""),
             last_merge=decode_last_merge(meta.get("last_merge")),
         )
-        turns = _pairs(reply[4])
+        turns = pairs(reply[4])
         layout = meta.get("cold_parts")
         return replace(
             source,
@@ -919,7 +691,7 @@ class HotStore:
             length=int(reply[2]),
             turns=tuple(sorted((t, int(v)) for t, v in turns.items())),
             rewrites=meta.get("rewrites", "0"),
-            cold_len=_optional_int(meta.get("cold_len")),
+            cold_len=optional_int(meta.get("cold_len")),
             layout=Layout.from_json(layout, thread_id) if layout else None,
         )
 
@@ -960,7 +732,7 @@ class HotStore:
                 return result
 
             reply = self._redis_call(chunk, "read_records")
-            epoch, rewrites = (None if v is None else _text(v) for v in reply[-1])
+            epoch, rewrites = (None if v is None else text(v) for v in reply[-1])
             if epoch != source.epoch or (rewrites or "0") != source.rewrites:
                 raise ListRewritten(thread_id)
             if last >= first:
@@ -995,7 +767,7 @@ class HotStore:
             ids=tuple(ids),
             records=tuple(records),
             retired_ids=tuple(retired),
-            finished_turns=tuple(sorted(_text(t) for t in finished)),
+            finished_turns=tuple(sorted(text(t) for t in finished)),
         )
 
     def commit_flush(
@@ -1029,10 +801,10 @@ class HotStore:
             rewrites,
         ]
         reply = self._call("flush_commit", keys.data, args)
-        outcome = _text(reply[0])
+        outcome = text(reply[0])
         if outcome == "gone":
             return FlushCommit(outcome, version, None)
-        holder = _text(reply[2]) if outcome == "kept" else ""
+        holder = text(reply[2]) if outcome == "kept" else ""
         return FlushCommit(outcome, int(reply[1]), holder or None)
 
     def restore(
@@ -1089,12 +861,12 @@ class HotStore:
         ]
         if len(spans) == 1:
             args = [*header, *snapshot.ids, *snapshot.records, *snapshot.retired_ids]
-            return _text(self._call("restore", keys.data + staging, args)[0])
+            return text(self._call("restore", keys.data + staging, args)[0])
         try:
             ids, records, retired = snapshot.ids, snapshot.records, snapshot.retired_ids
             if not self._stage(keys, staging, ids, records, retired, spans):
                 return "incomplete"
-            return _text(self._call("restore", keys.data + staging, header)[0])
+            return text(self._call("restore", keys.data + staging, header)[0])
         finally:
             self._discard(staging)
 

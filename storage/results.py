@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage.archive import Layout
+from storage.records import Message
 from storage.snapshot import Snapshot
 
 
@@ -52,6 +53,16 @@ class TruncateResult:
     """``removed_ids`` is empty when the id was not (or no longer) in the thread."""
 
     removed_ids: tuple[str, ...]
+    length: int
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class PopResult:
+    """What a pop removed: the thread's last record (its id may be appended again), or
+    None when the thread was empty (nothing changed)."""
+
+    record: Message | None
     length: int
     version: int
 

@@ -64,6 +64,7 @@ from storage.results import (
     HydrateResult,
     IdleFlushReport,
     Lease,
+    PopResult,
     TruncateResult,
     UpsertResult,
     WriteResult,
@@ -625,6 +626,13 @@ class Threads:
             thread_id, lambda: self.hot.truncate_from(thread_id, message_id, owner=owner)
         )
         self.hot.mark_active(thread_id)
+        return result
+
+    def pop(self, thread_id: str, *, owner: str | None = None) -> PopResult:
+        """``HotStore.pop`` (remove and return the last record), hydrating a cold thread."""
+        result = self._hot(thread_id, lambda: self.hot.pop(thread_id, owner=owner))
+        if result.record is not None:
+            self.hot.mark_active(thread_id)
         return result
 
     def replace_all(

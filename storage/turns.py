@@ -28,8 +28,9 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from storage.calls import text as _text
 from storage.errors import AgentThreadsError, InvalidMessage
-from storage.hot import HotStore, _text
+from storage.hot import HotStore
 from storage.keys import validate_message_id, validate_thread_id
 from storage.records import JSON
 

@@ -5,6 +5,7 @@ compiled StateGraph on it, across an eviction, and the write semantics."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import operator
 from collections.abc import AsyncIterator, Sequence
@@ -12,7 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 import pytest
+import pytest_asyncio
 import redis
+import redis.asyncio as aioredis
 from langchain_core.runnables import RunnableConfig
 from langgraph.channels.delta import DeltaChannel
 from langgraph.checkpoint.base import (
@@ -33,12 +36,17 @@ from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.serde.types import ERROR, INTERRUPT
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from adapters.langgraph import TAIL_RECORDS, AgentThreadsSaver, InvalidCheckpointArgument
 from storage import HotStore, InvalidMessage, InvalidThreadId, Limits
+from storage.aio import AsyncHotStore
 from storage.cold import FileColdStore
-from storage.embedded import EmbeddedRedis
+from storage.embedded import EmbeddedRedis, free_port
+from storage.errors import HotStoreUnavailable
 from storage.tiered import Threads
+from tests.cluster import RedisClusterServer
 from tests.conftest import redis_contents
 
 # -- the conformance suite -----------------------------------------------------------
@@ -46,7 +54,8 @@ from tests.conftest import redis_contents
 
 class EvictingSaver(AgentThreadsSaver):
     """Flushes and evicts the thread after every write, so every read hydrates it
-    from the cold tier: the suite then checks what comes back from an archive."""
+    from the cold tier: the suite then checks what comes back from an archive (the
+    async writes too: with ``aio`` they do not go through the sync ones)."""
 
     def _evict(self, config: RunnableConfig) -> None:
         thread_id = str(config["configurable"]["thread_id"])
@@ -74,6 +83,27 @@ class EvictingSaver(AgentThreadsSaver):
         super().put_writes(config, writes, task_id, task_path)
         self._evict(config)
 
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        stored = await super().aput(config, checkpoint, metadata, new_versions)
+        await asyncio.to_thread(self._evict, stored)
+        return stored
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        await super().aput_writes(config, writes, task_id, task_path)
+        await asyncio.to_thread(self._evict, config)
+
 
 async def conformance(name: str, saver: AgentThreadsSaver) -> CapabilityReport:
     """Run every capability of the suite; fail unless each is detected and passes."""
@@ -98,29 +128,54 @@ async def conformance(name: str, saver: AgentThreadsSaver) -> CapabilityReport:
     return report
 
 
+@pytest_asyncio.fixture
+async def aio_redis(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
 @pytest.mark.asyncio
 async def test_conformance_suite_passes_every_capability_on_redis_and_a_cold_store(
-    threads: Threads,
+    threads: Threads, aio_redis: aioredis.Redis
 ) -> None:
-    await conformance("AgentThreadsSaver", AgentThreadsSaver(threads))
+    aio = AsyncHotStore.like(threads.hot, aio_redis)
+    await conformance("AgentThreadsSaver", AgentThreadsSaver(threads, aio=aio))
+
+
+@pytest.mark.asyncio
+async def test_conformance_suite_passes_every_capability_without_an_asyncio_client(
+    redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    # the async methods then run the sync ones in a worker thread
+    threads = Threads(HotStore(redis_client), FileColdStore(tmp_path / "cold"))
+    await conformance("AgentThreadsSaver without aio", AgentThreadsSaver(threads))
 
 
 @pytest.mark.asyncio
 async def test_conformance_suite_passes_every_capability_through_the_cold_tier(
-    redis_client: redis.Redis, tmp_path: Path
+    redis_client: redis.Redis, tmp_path: Path, aio_redis: aioredis.Redis
 ) -> None:
     # no write pin: a thread restored in order to be written is evicted right after
     threads = Threads(HotStore(redis_client), FileColdStore(tmp_path / "cold"), write_pin_ms=0)
-    await conformance("AgentThreadsSaver, evicted after every write", EvictingSaver(threads))
+    saver = EvictingSaver(threads, aio=AsyncHotStore.like(threads.hot, aio_redis))
+    await conformance("AgentThreadsSaver, evicted after every write", saver)
 
 
 @pytest.mark.cluster
 @pytest.mark.asyncio
 async def test_conformance_suite_passes_every_capability_on_redis_cluster(
-    cluster_client: redis.RedisCluster, tmp_path: Path
+    cluster_client: redis.RedisCluster, redis_cluster: RedisClusterServer, tmp_path: Path
 ) -> None:
     threads = Threads(HotStore(cluster_client), FileColdStore(tmp_path / "cold"))
-    await conformance("AgentThreadsSaver on Redis Cluster", AgentThreadsSaver(threads))
+    client = aioredis.RedisCluster(host="127.0.0.1", port=redis_cluster.ports[0])
+    try:
+        saver = AgentThreadsSaver(threads, aio=AsyncHotStore.like(threads.hot, client))
+        await conformance("AgentThreadsSaver on Redis Cluster", saver)
+    finally:
+        await client.aclose()
 
 
 # -- a compiled StateGraph on the saver ----------------------------------------------
@@ -464,3 +519,29 @@ def test_next_versions_increase_and_never_repeat(threads: Threads) -> None:
     assert first.startswith("0" * 31 + "1.")
     assert saver.get_next_version(first, None) != second  # two branches from one version
     assert saver.get_next_version(7, None).startswith("0" * 30 + "08.")  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
+async def test_async_methods_of_a_hot_thread_run_on_redis_asyncio_alone(
+    redis_client: redis.Redis, tmp_path: Path, aio_redis: aioredis.Redis
+) -> None:
+    # the saver's sync client points at a closed port: the async path must not need it
+    cold = FileColdStore(tmp_path / "cold")
+    config = AgentThreadsSaver(Threads(HotStore(redis_client), cold)).put(
+        generate_config("hot-1"), generate_checkpoint(), generate_metadata(), {}
+    )
+    dead = redis.Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0))
+    saver = AgentThreadsSaver(Threads(HotStore(dead), cold), aio=AsyncHotStore(aio_redis))
+    checkpoint = generate_checkpoint(channel_values={"k": "v"}, channel_versions={"k": 1})
+    stored = await saver.aput(config, checkpoint, generate_metadata(), {"k": 1})
+    await saver.aput_writes(stored, [("k", "w")], "task-1")
+    found = await saver.aget_tuple(stored)
+    assert found is not None
+    assert found.checkpoint["channel_values"] == {"k": "v"}
+    assert found.pending_writes == [("task-1", "k", "w")]
+    assert len([t async for t in saver.alist(generate_config("hot-1"))]) == 2
+    history = await saver.aget_delta_channel_history(config=stored, channels=["k"])
+    assert set(history) == {"k"}
+    with pytest.raises(HotStoreUnavailable):
+        saver.get_tuple(stored)
+    dead.close()
