@@ -251,17 +251,18 @@ async def test_clear_then_reuse_at_once_and_the_archive_never_comes_back(
     assert await session.get_items() == []
 
 
+@pytest.mark.parametrize("session_id", ["tiered", "user@example.com/chat {1} \u00e9"])
 async def test_evicted_session_is_hydrated_by_get_add_and_pop(
-    redis_client: redis.Redis, cold: ColdStore, aio_redis: aioredis.Redis
+    redis_client: redis.Redis, cold: ColdStore, aio_redis: aioredis.Redis, session_id: str
 ) -> None:
     threads = Threads(HotStore(redis_client), cold, write_pin_ms=0)
-    session = session_of(threads, AsyncHotStore.like(threads.hot, aio_redis), "tiered")
+    session = session_of(threads, AsyncHotStore.like(threads.hot, aio_redis), session_id)
     items = [user("q1"), assistant("msg_1", "a1")]
     await session.add_items(items)
 
     async def evict() -> None:
-        assert (await asyncio.to_thread(threads.flush, "tiered")).evicted
-        assert not threads.hot.exists("tiered")
+        assert (await asyncio.to_thread(threads.flush, session_id)).evicted
+        assert not threads.hot.exists(session_id)
 
     await evict()
     assert await session.get_items(limit=1) == items[-1:]
@@ -299,7 +300,7 @@ async def test_bad_input_raises_a_typed_error_and_writes_nothing(
     assert redis_contents(redis_client) == before
     assert await existing.get_items() == [user("kept")]
     with pytest.raises(InvalidThreadId):
-        session_of(threads, hot, "no spaces allowed")
+        session_of(threads, hot, "no\ncontrol characters")
 
 
 async def test_a_cancelled_write_is_finished_before_the_cancellation_is_raised(
@@ -425,7 +426,7 @@ async def test_async_store_validates_before_io_and_types_connection_errors() -> 
     aio = AsyncHotStore(dead)
     try:
         with pytest.raises(InvalidThreadId):
-            await aio.append("bad id", [msg("m1")])
+            await aio.append("bad\tid", [msg("m1")])
         with pytest.raises(InvalidMessage):
             await aio.append("t", [{"id": "m1"}])
         with pytest.raises(HotStoreUnavailable):
