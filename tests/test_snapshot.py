@@ -435,10 +435,10 @@ def test_snapshot_of_another_thread_is_corrupt(compression: Compression) -> None
 
 def test_decoding_with_an_invalid_expected_thread_id_is_corrupt() -> None:
     header, index, records = valid_parts()
-    header["thread_id"] = "bad id"
+    header["thread_id"] = "bad\nid"
 
     with pytest.raises(SnapshotCorrupt, match="invalid thread id"):
-        decode_snapshot(assemble(header, index, records), "bad id")
+        decode_snapshot(assemble(header, index, records), "bad\nid")
 
 
 @pytest.mark.parametrize("compression", COMPRESSIONS)
