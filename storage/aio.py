@@ -29,6 +29,7 @@ from storage.calls import (
     DEFAULT_TTL_SECONDS,
     SCRIPT_NAMES,
     HotCalls,
+    OnHotCalls,
     RangeRead,
     ScriptCall,
     redis_error,
@@ -36,7 +37,6 @@ from storage.calls import (
 )
 from storage.errors import HotStoreFull, ThreadExists, ThreadNotFound
 from storage.hot import HotStore
-from storage.keys import KeyLayout, ThreadKeys
 from storage.limits import DEFAULT_LIMITS, Limits
 from storage.records import Message
 from storage.results import (
@@ -57,7 +57,7 @@ T = TypeVar("T")
 AsyncRedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
 
 
-class AsyncHotStore:
+class AsyncHotStore(OnHotCalls):
     """``HotStore``'s operations on threads for asyncio code (see the module docstring).
 
     ``redis`` is a ``redis.asyncio`` client (``Redis`` or ``RedisCluster``); the
@@ -105,22 +105,6 @@ class AsyncHotStore:
         self._scripts: dict[str, AsyncScript] = {
             name: redis.register_script(script_source(name)) for name in SCRIPT_NAMES
         }
-
-    @property
-    def namespace(self) -> str:
-        return self.calls.namespace
-
-    @property
-    def layout(self) -> KeyLayout:
-        return self.calls.layout
-
-    @property
-    def limits(self) -> Limits:
-        return self.calls.limits
-
-    def keys(self, thread_id: str) -> ThreadKeys:
-        """The validated keys of ``thread_id``."""
-        return self.calls.keys(thread_id)
 
     async def _redis(self, action: Awaitable[T], what: str) -> T:
         """Await ``action``, turning what redis-py raises into typed errors."""

@@ -273,6 +273,28 @@ class RangeRead:
         return decode_records(records)
 
 
+class OnHotCalls:
+    """The settings a store reads from its ``HotCalls`` (``HotStore``, ``AsyncHotStore``)."""
+
+    calls: HotCalls
+
+    @property
+    def namespace(self) -> str:
+        return self.calls.namespace
+
+    @property
+    def layout(self) -> KeyLayout:
+        return self.calls.layout
+
+    @property
+    def limits(self) -> Limits:
+        return self.calls.limits
+
+    def keys(self, thread_id: str) -> ThreadKeys:
+        """The validated keys of ``thread_id``."""
+        return self.calls.keys(thread_id)
+
+
 class HotCalls:
     """The settings of one hot tier and the script calls they make (see the module
     docstring). ``HotStore`` documents the settings; a ``HotStore`` and an

@@ -34,6 +34,7 @@ from storage.calls import DEFAULT_TTL_SECONDS as DEFAULT_TTL_SECONDS
 from storage.calls import (
     SCRIPT_NAMES,
     HotCalls,
+    OnHotCalls,
     RangeRead,
     ScriptCall,
     checked,
@@ -54,7 +55,7 @@ from storage.errors import (
     ListRewritten,
     ThreadExists,
 )
-from storage.keys import KeyLayout, ThreadKeys, validate_message_id
+from storage.keys import ThreadKeys, validate_message_id
 from storage.limits import DEFAULT_LIMITS, Limits
 from storage.records import Message, decode_records, decode_state, encode_batch, encode_state
 from storage.results import (
@@ -126,7 +127,7 @@ def _spans(records: Sequence[str | bytes], chunk_size: int) -> list[tuple[int, i
     return spans or [(0, 0)]
 
 
-class HotStore:
+class HotStore(OnHotCalls):
     """Threads in Redis: ordered records, a dedup ledger, a state slice, a lease.
 
     ``redis`` is a redis-py client (``Redis`` or ``RedisCluster``), with or
@@ -174,14 +175,6 @@ class HotStore:
         }
 
     @property
-    def layout(self) -> KeyLayout:
-        return self.calls.layout
-
-    @property
-    def limits(self) -> Limits:
-        return self.calls.limits
-
-    @property
     def keep_unarchived(self) -> bool:
         return self.calls.keep_unarchived
 
@@ -204,14 +197,6 @@ class HotStore:
     @property
     def _marker_ttl_ms(self) -> int:
         return self.calls.marker_ttl_ms
-
-    @property
-    def namespace(self) -> str:
-        return self.layout.namespace
-
-    def keys(self, thread_id: str) -> ThreadKeys:
-        """The validated keys of ``thread_id``."""
-        return self.calls.keys(thread_id)
 
     def _run(self, call: ScriptCall[R]) -> R:
         """Run one script call built by ``self.calls`` and parse its reply."""
