@@ -113,6 +113,19 @@ local function chunked(cmd, key, items)
   end
 end
 
+-- The reply refusing a write by owner (not '') when the lease is not owner's; nil
+-- when the write may go on.
+local function lease_refusal(owner)
+  if owner == '' then
+    return nil
+  end
+  local holder = redis.call('GET', K_LEASE)
+  if holder ~= owner then
+    return {'lease_lost', holder or ''}
+  end
+  return nil
+end
+
 -- The ledger entry (list position, '-1' retired, false unknown) of each of ids, in
 -- bounded HMGET chunks.
 local function ledger_of(ids)

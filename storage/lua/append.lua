@@ -35,11 +35,9 @@ for i, id in ipairs(ids) do
     flags[i] = '1'
   end
 end
-if owner ~= '' and #fresh > 0 then
-  local holder = redis.call('GET', K_LEASE)
-  if holder ~= owner then
-    return {'lease_lost', holder or ''}
-  end
+local refusal = #fresh > 0 and lease_refusal(owner)
+if refusal then
+  return refusal
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -16,11 +16,9 @@ if not raw then
   touch(ttl)
   return {'ok', '', 0, current_version()}
 end
-if owner ~= '' then
-  local holder = redis.call('GET', K_LEASE)
-  if holder ~= owner then
-    return {'lease_lost', holder or ''}
-  end
+local refusal = lease_refusal(owner)
+if refusal then
+  return refusal
 end
 redis.call('RPOP', K_MSGS)
 redis.call('HDEL', K_IDS, cjson.decode(raw)['id'])

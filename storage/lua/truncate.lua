@@ -15,11 +15,9 @@ if pos < 0 then
   touch(ttl)
   return {'ok', {}, redis.call('LLEN', K_MSGS), current_version()}
 end
-if owner ~= '' then
-  local holder = redis.call('GET', K_LEASE)
-  if holder ~= owner then
-    return {'lease_lost', holder or ''}
-  end
+local refusal = lease_refusal(owner)
+if refusal then
+  return refusal
 end
 local removed = {}
 for i, raw in ipairs(redis.call('LRANGE', K_MSGS, pos, -1)) do
