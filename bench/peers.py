@@ -13,7 +13,11 @@ redis-server (``storage.embedded.EmbeddedRedis``) and compares, sequentially:
   ``dedup:<id1:id2:...>:thread:<tid>``), keys without hash tags;
 - openai-agents: ``agents.extensions.memory.RedisSession`` (async, redis.asyncio)
   ``add_items`` / ``get_items``, with the same 90-day TTL as ours, run in one
-  asyncio event loop; items are OpenAI Responses input items.
+  asyncio event loop; items are OpenAI Responses input items;
+- ours as a Session: ``adapters.openai_agents.AgentThreadsSession`` (the same
+  protocol, over ``storage.aio.AsyncHotStore`` on the same asyncio connection as
+  RedisSession, with a file cold tier that the hot path never touches): the
+  like-for-like peer of RedisSession, with per-item dedup and tiering.
 
 Method (as in ``bench.hot_store``): time.perf_counter_ns around the call only
 (building inputs is outside the timed section; encoding inside a library call
@@ -33,7 +37,9 @@ import argparse
 import asyncio
 import json
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -45,12 +51,17 @@ import redis.asyncio as aioredis
 
 from bench.hot_store import Stats, run
 from storage import HotStore
+from storage.aio import AsyncHotStore
+from storage.cold import FileColdStore
 from storage.embedded import EmbeddedRedis
 from storage.records import encode_message
+from storage.tiered import Threads
 
 try:  # the peer is optional: the benchmark still runs (and says so) without it
     import agents
     from agents.extensions.memory import RedisSession
+
+    from adapters.openai_agents import AgentThreadsSession
 
     PEER_ERROR: str | None = None
 except Exception as exc:  # pragma: no cover - depends on the environment
@@ -187,10 +198,16 @@ def measure(ops: dict[str, TimedOp], n: int, block: int) -> dict[str, Stats]:
 
 
 class Bench:
-    def __init__(self, client: redis.Redis, aclient: Any, mode: Mode) -> None:
+    def __init__(self, client: redis.Redis, aclient: Any, mode: Mode, cold_root: Path) -> None:
         self.r = client
         self.mode = mode
         self.store = HotStore(client, namespace="bench", ttl_seconds=TTL_SECONDS)
+        self.session_threads = Threads(
+            HotStore(client, namespace="bench-session", ttl_seconds=TTL_SECONDS),
+            FileColdStore(cold_root),
+        )
+        self.session_hot = AsyncHotStore.like(self.session_threads.hot, aclient)
+        self._ours_sessions: dict[str, Any] = {}
         self.zeitlich = client.register_script(ZEITLICH_APPEND)
         self.ttl_ms = TTL_SECONDS * 1000
         self.aclient = aclient
@@ -237,6 +254,19 @@ class Bench:
             self._sessions[sid] = session
         return session
 
+    def _our_session(self, tag: str, i: int, every: int = ROTATE) -> Any:
+        sid = f"{tag}-{i // every}"
+        if i % every == 0:
+            if i:
+                self.session_threads.delete(f"{tag}-{i // every - 1}")
+                self._ours_sessions.pop(f"{tag}-{i // every - 1}", None)
+            self.session_threads.open(sid, "new")
+        session = self._ours_sessions.get(sid)
+        if session is None:
+            session = AgentThreadsSession(sid, self.session_threads, self.session_hot)
+            self._ours_sessions[sid] = session
+        return session
+
     def _async(self, coro: Coroutine[Any, Any, int]) -> int:
         return self.loop.run_until_complete(coro)
 
@@ -278,7 +308,13 @@ class Bench:
                 items = [item(i * size + k) for k in range(size)]
                 return self._async(add(session, items))
 
+            def ours_session(i: int) -> int:
+                session = self._our_session(tag, i, every)
+                items = [item(i * size + k) for k in range(size)]
+                return self._async(add(session, items))
+
             ops["openai_agents"] = openai
+            ops["ours_session"] = ours_session
         return measure(ops, n, block)
 
     def _zeitlich_append(self, tid: str, msgs: list[dict[str, Any]]) -> int:
@@ -307,7 +343,24 @@ class Bench:
             assert done == 0
             return elapsed
 
-        return measure({"ours": ours, "zeitlich": zeitlich}, n, block)
+        ops: dict[str, TimedOp] = {"ours": ours, "zeitlich": zeitlich}
+        if RedisSession is not None:  # RedisSession has no dedup: it would store them again
+            session = AgentThreadsSession("dup", self.session_threads, self.session_hot)
+            provided = [{"id": f"msg_{k}", "type": "message", **item(k)} for k in range(size)]
+            self.session_threads.open("dup", "new")
+            self.loop.run_until_complete(session.add_items(provided))
+
+            async def redeliver() -> int:
+                batch = [dict(i) for i in provided]
+                t0 = time.perf_counter_ns()
+                await session.add_items(batch)
+                return time.perf_counter_ns() - t0
+
+            ops["ours_session"] = lambda i: self._async(redeliver())
+        try:
+            return measure(ops, n, block)
+        finally:
+            self.session_threads.delete("dup")
 
     def load(self, length: int, n: int, block: int) -> dict[str, Stats]:
         """Read a whole thread of ``length`` messages back as Python objects."""
@@ -319,12 +372,15 @@ class Bench:
             span = range(first, min(length, first + chunk))
             self.store.append(tid, [message(k) for k in span])
             self.r.rpush(raw_key, *(record(k) for k in span))
-        session = None
+        session = ours_session = None
         if RedisSession is not None:
             session = RedisSession(tid, redis_client=self.aclient)
+            ours_session = AgentThreadsSession(tid, self.session_threads, self.session_hot)
+            self.session_threads.open(tid, "new")
             for first in range(0, length, chunk):
                 span = range(first, min(length, first + chunk))
                 self.loop.run_until_complete(session.add_items([item(k) for k in span]))
+                self.loop.run_until_complete(ours_session.add_items([item(k) for k in span]))
 
         def ours(i: int) -> int:
             t0 = time.perf_counter_ns()
@@ -350,7 +406,16 @@ class Bench:
                 assert len(items) == length
                 return elapsed
 
+            async def get_ours() -> int:
+                assert ours_session is not None
+                t0 = time.perf_counter_ns()
+                items = await ours_session.get_items()
+                elapsed = time.perf_counter_ns() - t0
+                assert len(items) == length
+                return elapsed
+
             ops["openai_agents"] = lambda i: self._async(get())
+            ops["ours_session"] = lambda i: self._async(get_ours())
         try:
             return measure(ops, n, block)
         finally:
@@ -358,11 +423,12 @@ class Bench:
             self.r.delete(raw_key)
             if session is not None:
                 self.loop.run_until_complete(session.clear_session())
+                self.session_threads.delete(tid)
 
 
 # -- report ------------------------------------------------------------------
 
-COLUMNS = ("ours", "raw", "zeitlich", "openai_agents")
+COLUMNS = ("ours", "raw", "zeitlich", "openai_agents", "ours_session")
 
 
 @dataclass
@@ -405,9 +471,11 @@ def table(rows: list[Row]) -> str:
         "limit (raw)",
         "zeitlich-style",
         "openai-agents",
+        "ours (Session)",
         "ours/raw",
         "ours/zeitlich",
         "ours/openai",
+        "Session/openai",
     )
     cells = [header]
     for row in rows:
@@ -420,9 +488,11 @@ def table(rows: list[Row]) -> str:
                 _fmt(v.get("raw")),
                 _fmt(v.get("zeitlich")),
                 _fmt(v.get("openai_agents")),
+                _fmt(v.get("ours_session")),
                 _ratio(ours, v.get("raw"), row.unit),
                 _ratio(ours, v.get("zeitlich"), row.unit),
                 _ratio(ours, v.get("openai_agents"), row.unit),
+                _ratio(v.get("ours_session"), v.get("openai_agents"), row.unit),
             )
         )
     widths = [max(len(r[c]) for r in cells) for c in range(len(header))]
@@ -458,7 +528,8 @@ def main(argv: list[str] | None = None) -> int:
                 host="127.0.0.1", port=server.port, max_connections=1
             )
         )
-        bench = Bench(client, aclient, mode)
+        cold_root = Path(tempfile.mkdtemp(prefix="bench-peers-"))
+        bench = Bench(client, aclient, mode, cold_root)
         try:
             info = client.info("server")
             meta = {
@@ -507,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows += rows_for(f"3. load {length:,} msgs", stats)
         finally:
             bench.close()
+            shutil.rmtree(cold_root, ignore_errors=True)
             client.close()
             asyncio.run(aclient.aclose())
     finally:
@@ -520,6 +592,9 @@ def main(argv: list[str] | None = None) -> int:
     print("             composite dedup key per call (zeitlich 0.2.46); no per-message dedup.")
     print("openai-agents: RedisSession.add_items (WATCH, TYPE x3, TIME, MULTI/RPUSH/HSET/")
     print("             PEXPIREAT/EXEC; ttl=90 days) and get_items(); no dedup at all.")
+    print("ours (Session): AgentThreadsSession.add_items / get_items on the same asyncio")
+    print("             connection: one append script (per-item dedup) / one MULTI/EXEC read;")
+    print("             its duplicate rows redeliver items with provider ids (none stored).")
     print(
         "ratios: how many times ours costs (latency ours/peer; ops/s peer/ours): <1 = ours faster"
     )
