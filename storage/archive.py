@@ -445,7 +445,8 @@ def _commit(
     due: tuple[str, ...],
 ) -> Written:
     """Upload the new part, then the manifest with compare-and-swap; on a lost CAS the
-    new part (which no manifest ever referenced) is deleted again."""
+    new part is deleted again, unless the stored manifest is ours after all or
+    references it (see ``_references``)."""
     size = 0
     if new_part is not None:
         store.put_part(snapshot.thread_id, *new_part)
@@ -454,10 +455,27 @@ def _commit(
     try:
         etag = store.write_bytes(snapshot.thread_id, manifest, if_match)
     except ColdStoreConflict:
-        if new_part is not None:
+        stored = store.read_object(snapshot.thread_id)
+        if stored is not None and stored[0] == manifest:
+            return Written(stored[1], layout, size + len(manifest), due)
+        if new_part is not None and not _references(stored, snapshot.thread_id, new_part[0]):
             store.delete_parts(snapshot.thread_id, [new_part[0]])
         raise
     return Written(etag, layout, size + len(manifest), due)
+
+
+def _references(stored: tuple[bytes, str] | None, thread_id: str, name: str) -> bool:
+    """Whether the stored archive names part ``name``. A conflict may be our own write:
+    a client re-sends a conditional PUT whose answer it lost, and the first attempt,
+    which landed, makes the re-sent one fail. The manifest there is then ours (the
+    caller compares bytes) or one written over ours that keeps our part."""
+    if stored is None:
+        return False
+    try:
+        decoded = decode_object(stored[0], thread_id)
+    except AgentThreadsError:
+        return False
+    return isinstance(decoded, Manifest) and any(p.name == name for p in decoded.layout.parts)
 
 
 def write_base(

@@ -12,7 +12,7 @@ import pytest
 
 from storage import HotStore, SnapshotCorrupt
 from storage.archive import MAX_SEGMENTS, Layout
-from storage.cold import ColdStore
+from storage.cold import ColdStore, S3ColdStore
 from storage.results import FlushSource
 from storage.snapshot import encode_snapshot
 from storage.tiered import Threads
@@ -335,3 +335,40 @@ def test_an_idle_eviction_sweeps_parts_a_crashed_flush_left(hot: HotStore, cold:
     assert {p.name for p in threads.cold.list_parts("t1")} == {
         p.name for p in found[0].layout.parts
     }
+
+
+@pytest.mark.parametrize("archive", ["first", "next"])
+def test_a_manifest_put_resent_after_it_landed_keeps_its_archive_whole(
+    hot: HotStore, s3_bucket: tuple[Any, str], archive: str
+) -> None:
+    """boto3 re-sends a PUT whose answer it did not get (a dropped connection, a
+    timeout); the conditional PUT that already landed makes the re-sent one fail
+    412. That 412 is not a lost race: the manifest there is ours, and the part it
+    references must stay (deleting it left an archive that names a missing part)."""
+    client, bucket = s3_bucket
+    threads = Threads(hot, S3ColdStore(client, bucket, prefix="threads"))
+    threads.open("t1", "new")
+    threads.append("t1", [msg("m1")])
+    if archive == "next":
+        threads.flush("t1", evict=False)
+        threads.append("t1", [msg("m2")])
+    resent: list[str] = []
+
+    def resend_the_manifest_once(request_dict: dict[str, Any], **kw: Any) -> int | None:
+        response, url = kw.get("response"), request_dict["url"].partition("?")[0]
+        landed = response is not None and response[0].status_code == 200
+        if landed and url.endswith(".json.gz") and not resent:
+            resent.append(url)
+            return 0  # retry at once, as after a lost answer
+        return None
+
+    client.meta.events.register_first("needs-retry.s3.PutObject", resend_the_manifest_once)
+    try:
+        result = threads.flush("t1")
+    finally:
+        client.meta.events.unregister("needs-retry.s3.PutObject", resend_the_manifest_once)
+    assert resent
+    assert result.evicted
+    threads.hydrate("t1")
+    expected = ["m1"] if archive == "first" else ["m1", "m2"]
+    assert [m["id"] for m in threads.load("t1")] == expected
