@@ -41,7 +41,6 @@ from storage.limits import DEFAULT_LIMITS, Limits
 from storage.records import Message
 from storage.results import (
     AppendResult,
-    FlushResult,
     HydrateResult,
     Lease,
     PopResult,
@@ -49,7 +48,6 @@ from storage.results import (
     ThreadInfo,
     TruncateResult,
     UpsertResult,
-    WriteResult,
 )
 from storage.tiered import _TIER_ATTEMPTS, OpenMode, Threads
 
@@ -192,17 +190,6 @@ class AsyncHotStore(OnHotCalls):
             await self.mark_active(thread_id)
         return result
 
-    async def put_record(
-        self,
-        thread_id: str,
-        record: Mapping[str, Any],
-        *,
-        first: bool = False,
-        expected_version: int | None = None,
-    ) -> WriteResult:
-        """``HotStore.put_record``: set one record by id."""
-        return await self._run(self.calls.put_record(thread_id, record, first, expected_version))
-
     async def truncate_from(
         self, thread_id: str, message_id: str, *, owner: str | None = None
     ) -> TruncateResult:
@@ -264,8 +251,7 @@ class AsyncHotStore(OnHotCalls):
 
 class AsyncThreads:
     """Tiered threads for asyncio code (see the module docstring):
-    ``AsyncThreads(threads, AsyncHotStore.like(threads.hot, async_redis))``, or
-    ``AsyncThreads.over(threads, async_redis)``."""
+    ``AsyncThreads(threads, AsyncHotStore.like(threads.hot, async_redis))``."""
 
     def __init__(self, threads: Threads, hot: AsyncHotStore) -> None:
         if hot.namespace != threads.hot.namespace or hot.limits != threads.hot.limits:
@@ -278,12 +264,6 @@ class AsyncThreads:
         hot.calls.keep_unarchived = True
         self.threads = threads
         self.hot = hot
-
-    @classmethod
-    def over(cls, threads: Threads, redis: AsyncRedisClient) -> AsyncThreads:
-        """``threads`` with its hot path on the ``redis.asyncio`` client ``redis`` (a
-        client of the same Redis as ``threads.hot.redis``)."""
-        return cls(threads, AsyncHotStore.like(threads.hot, redis))
 
     async def _hot(self, thread_id: str, action: Callable[[], Awaitable[T]]) -> T:
         """``Threads._hot`` for asyncio: run a hot-tier action; if the thread is only
@@ -305,9 +285,6 @@ class AsyncThreads:
     async def open(self, thread_id: str, mode: OpenMode = "continue", **options: Any) -> str:
         """``Threads.open``."""
         return await asyncio.to_thread(self.threads.open, thread_id, mode, **options)
-
-    async def flush(self, thread_id: str, *, evict: bool = True) -> FlushResult:
-        return await asyncio.to_thread(self.threads.flush, thread_id, evict=evict)
 
     async def delete(self, thread_id: str) -> bool:
         """Delete the thread from both tiers (a tombstone keeps it deleted)."""

@@ -15,12 +15,14 @@ from __future__ import annotations
 import gc
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 import redis
+import redis.asyncio as aioredis
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
@@ -60,6 +62,16 @@ def redis_client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.close()
+
+
+@pytest_asyncio.fixture
+async def aio_redis(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
+    """A redis.asyncio client of the session's redis-server, for this test's loop."""
+    client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
 import pytest
-import pytest_asyncio
 import redis
 import redis.asyncio as aioredis
 from langchain_core.runnables import RunnableConfig
@@ -126,15 +125,6 @@ async def conformance(name: str, saver: AgentThreadsSaver) -> CapabilityReport:
     assert not failures, failures
     assert report.conformance_level() == "FULL"
     return report
-
-
-@pytest_asyncio.fixture
-async def aio_redis(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 @pytest.mark.asyncio

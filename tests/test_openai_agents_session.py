@@ -8,12 +8,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import redis
 import redis.asyncio as aioredis
 from agents import Agent, RunConfig, Runner, function_tool
@@ -33,7 +31,7 @@ from adapters.openai_agents import AgentThreadsSession, InvalidSessionItem
 from storage import HotStore, InvalidMessage, InvalidThreadId, LeaseLost, Limits, ThreadNotFound
 from storage.aio import AsyncHotStore, AsyncThreads
 from storage.cold import ColdStore, FileColdStore
-from storage.embedded import EmbeddedRedis, free_port
+from storage.embedded import free_port
 from storage.errors import HotStoreUnavailable
 from storage.tiered import Threads
 from tests.cluster import RedisClusterServer
@@ -54,15 +52,6 @@ def assistant(item_id: str, text: str) -> dict[str, Any]:
         "status": "completed",
         "content": [{"type": "output_text", "text": text, "annotations": []}],
     }
-
-
-@pytest_asyncio.fixture
-async def aio_redis(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis(host="127.0.0.1", port=redis_server.port)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 @pytest.fixture
